@@ -1,0 +1,455 @@
+package mesh
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// LocalConnection is a connection of this router to a neighbour.
+//
+// Each connection has two goroutines: one reads and dispatches frames (it
+// also runs the handshake), the other writes what the send queue holds,
+// batching frames into few system calls. Both end when the connection shuts
+// down, which happens once, for the first error either meets or when the
+// router stops.
+type LocalConnection struct {
+	router   *Router
+	conn     net.Conn
+	br       *bufio.Reader
+	outbound bool
+	// remoteTCPAddr is what our topology entry says about this connection:
+	// the dialled address when outbound, the remote's address (with its
+	// listening port when it told us) when inbound.
+	remoteTCPAddr string
+	target        *target
+
+	// Set by the handshake, then read-only.
+	remoteName   PeerName
+	remoteUID    PeerUID
+	remoteNick   string
+	remoteSumm   peerSummary
+	ourConnID    uint64
+	remoteConnID uint64
+	version      byte
+	encrypted    bool
+	reader       *frameReader
+	writer       *frameWriter
+	overlayConn  OverlayConnection
+	started      time.Time
+
+	established atomic.Bool
+	q           *sendQueue
+	done        chan struct{}
+	closeOnce   sync.Once
+	errMu       sync.Mutex
+	err         error
+}
+
+var _ Connection = (*LocalConnection)(nil)
+
+// Remote returns the peer at the other end.
+func (c *LocalConnection) Remote() *Peer {
+	if p := c.router.Peers.Fetch(c.remoteName); p != nil {
+		return p
+	}
+	s := c.remoteSumm
+	return &Peer{Name: s.Name, NickName: s.NickName, UID: s.UID, Version: s.Version, ShortID: s.ShortID, HasShortID: s.HasShortID}
+}
+
+// RemoteTCPAddr returns the address of the other end as reported in the
+// topology.
+func (c *LocalConnection) RemoteTCPAddr() string { return c.remoteTCPAddr }
+
+// Outbound reports whether this router dialled the connection.
+func (c *LocalConnection) Outbound() bool { return c.outbound }
+
+// Established reports whether the connection is fully up.
+func (c *LocalConnection) Established() bool { return c.established.Load() }
+
+// ProtocolVersion returns the protocol version in use.
+func (c *LocalConnection) ProtocolVersion() byte { return c.version }
+
+// Encrypted reports whether the connection is encrypted.
+func (c *LocalConnection) Encrypted() bool { return c.encrypted }
+
+func (c *LocalConnection) String() string {
+	if c.remoteName != UnknownPeerName {
+		return fmt.Sprintf("->[%s|%s(%s)]", c.conn.RemoteAddr(), c.remoteName, c.remoteNick)
+	}
+	return fmt.Sprintf("->[%s]", c.conn.RemoteAddr())
+}
+
+func (c *LocalConnection) summary() connectionSummary {
+	return connectionSummary{
+		Name:          c.remoteName,
+		RemoteTCPAddr: c.remoteTCPAddr,
+		Outbound:      c.outbound,
+		Established:   c.established.Load(),
+	}
+}
+
+func (c *LocalConnection) xorConnID() uint64 { return c.ourConnID ^ c.remoteConnID }
+
+// shutdown ends the connection (once) and records why.
+func (c *LocalConnection) shutdown(err error) {
+	c.closeOnce.Do(func() {
+		c.errMu.Lock()
+		c.err = err
+		c.errMu.Unlock()
+		close(c.done)
+		c.q.close()
+		abortConn(c.conn)
+		if c.overlayConn != nil {
+			c.overlayConn.Stop()
+		}
+	})
+}
+
+// deadlineConn re-arms the read deadline before every read, so that a peer
+// that sends nothing for the whole timeout is dropped.
+type deadlineConn struct {
+	net.Conn
+	timeout time.Duration
+}
+
+func (d *deadlineConn) Read(p []byte) (int, error) {
+	if err := d.Conn.SetReadDeadline(time.Now().Add(d.timeout)); err != nil {
+		return 0, err
+	}
+	return d.Conn.Read(p)
+}
+
+// run is the connection's reading goroutine: handshake, registration with
+// the router, then the read loop. It returns when the connection is down.
+func (c *LocalConnection) run() {
+	r := c.router
+	err := c.handshake()
+	if err == nil {
+		err = r.addConnection(c)
+		if err == nil {
+			r.wg.Add(1)
+			go func() {
+				defer r.wg.Done()
+				c.writeLoop()
+			}()
+			err = c.readLoop()
+			r.removeConnection(c)
+		}
+	}
+	c.shutdown(err)
+	if c.target != nil {
+		r.ConnectionMaker.connectionEnded(c, err)
+	}
+	if err != nil && !errors.Is(err, ErrStopped) {
+		if c.remoteName == UnknownPeerName {
+			r.logf("%s connection shutting down due to error during handshake: %v", c, err)
+		} else {
+			r.logf("%s: connection shutting down due to error: %v", c, err)
+		}
+	}
+}
+
+func (c *LocalConnection) handshake() error {
+	r := c.router
+	id, err := randomUint64()
+	if err != nil {
+		return err
+	}
+	c.ourConnID = id
+	ours := peerFeatures{
+		Name:       r.Ourself.Name,
+		NickName:   r.Ourself.NickName,
+		UID:        r.Ourself.UID,
+		ConnID:     c.ourConnID,
+		ShortID:    r.shortID,
+		HasShortID: true,
+		Trusted:    r.trusts(c.conn.RemoteAddr()),
+	}
+	extra := make(map[string]string)
+	r.Overlay.AddFeaturesTo(extra)
+	if port := r.listenPort(); port > 0 {
+		extra[featureListenPort] = strconv.Itoa(port)
+	}
+	res, err := doHandshake(c.conn, c.br, &handshakeConfig{
+		Outbound:     c.outbound,
+		Password:     r.Password,
+		MinVersion:   r.ProtocolMinVersion,
+		Features:     ours.featuresMap(extra),
+		MaxFrameSize: r.maxFrameSize,
+		Timeout:      r.handshakeTimeout,
+	})
+	if err != nil {
+		return err
+	}
+	remote, err := parseFeatures(res.Features)
+	if err != nil {
+		return err
+	}
+	c.remoteName, c.remoteUID, c.remoteNick = remote.Name, remote.UID, remote.NickName
+	c.remoteConnID = remote.ConnID
+	c.remoteSumm = peerSummary{Name: remote.Name, NickName: remote.NickName, UID: remote.UID, ShortID: remote.ShortID, HasShortID: remote.HasShortID}
+	c.version, c.encrypted = res.Version, res.Encrypted
+	c.reader, c.writer = res.reader, res.writer
+	if remote.Name == r.Ourself.Name {
+		if remote.UID == r.Ourself.UID {
+			return ErrConnectToSelf
+		}
+		return fmt.Errorf("%w: local %q and remote %q", ErrNameCollision, r.Ourself.String(), fmt.Sprintf("%s(%s)", remote.Name, remote.NickName))
+	}
+	if !c.outbound {
+		c.remoteTCPAddr = c.conn.RemoteAddr().String()
+		if p, ok := res.Features[featureListenPort]; ok {
+			if port, err := strconv.ParseUint(p, 10, 16); err == nil && port > 0 {
+				if host, _, err := net.SplitHostPort(c.remoteTCPAddr); err == nil {
+					c.remoteTCPAddr = net.JoinHostPort(host, strconv.FormatUint(port, 10))
+				}
+			}
+		}
+	}
+	oc, err := r.Overlay.PrepareConnection(OverlayConnectionParams{
+		RemotePeer: c.Remote(),
+		Outbound:   c.outbound,
+		ConnUID:    c.xorConnID(),
+		Features:   res.Features,
+		SendControlMessage: func(tag byte, msg []byte) error {
+			return c.sendRaw(append([]byte{tag}, msg...), false)
+		},
+	})
+	if err != nil {
+		return err
+	}
+	c.overlayConn = oc
+	c.started = time.Now()
+	return nil
+}
+
+// featureListenPort is an extra feature: the port we listen on, so that
+// peers accepting our connections can report an address others can dial.
+const featureListenPort = "ListenPort"
+
+func (c *LocalConnection) readLoop() error {
+	r := c.router
+	for {
+		body, err := c.reader.readFrame()
+		if err != nil {
+			select {
+			case <-c.done:
+				return c.closeErr()
+			default:
+			}
+			return err
+		}
+		if len(body) == 0 {
+			continue
+		}
+		switch tag := body[0]; tag {
+		case tagHeartbeat:
+		case tagGossip, tagGossipUnicast, tagGossipBroadcast:
+			if err := r.handleGossip(c, body); err != nil {
+				return err
+			}
+		case 1, 2, 3, tagOverlayControl:
+			if c.overlayConn != nil {
+				msg := append([]byte(nil), body[1:]...)
+				c.overlayConn.ControlMessage(tag, msg)
+			}
+		default:
+			r.logOnce("tag", fmt.Sprintf("%s: ignoring unknown protocol tag: %d", c, tag))
+		}
+	}
+}
+
+func (c *LocalConnection) closeErr() error {
+	c.errMu.Lock()
+	defer c.errMu.Unlock()
+	return c.err
+}
+
+// sendRaw queues a complete frame body. With wait it blocks while the
+// queue is full, until there is room or the connection ends.
+func (c *LocalConnection) sendRaw(body []byte, wait bool) error {
+	for {
+		q := c.q
+		q.mu.Lock()
+		if q.closed {
+			q.mu.Unlock()
+			return errConnClosed
+		}
+		if off, ok := q.reserve(len(body)); ok {
+			q.buf = append(q.buf, body...)
+			q.finish(off)
+			q.mu.Unlock()
+			q.signal()
+			return nil
+		}
+		if !c.waitForSpace(q, wait) {
+			return errQueueFull
+		}
+	}
+}
+
+// sendMessage queues a gossip message, encoding it straight into the queue.
+func (c *LocalConnection) sendMessage(m *gossipMessage, wait bool) error {
+	size := 1 + len(m.Channel) + len(m.Payload) + 48
+	for {
+		q := c.q
+		q.mu.Lock()
+		if q.closed {
+			q.mu.Unlock()
+			return errConnClosed
+		}
+		if off, ok := q.reserve(size); ok {
+			q.buf = appendGossipMessage(q.buf, m)
+			q.finish(off)
+			q.mu.Unlock()
+			q.signal()
+			return nil
+		}
+		if !c.waitForSpace(q, wait) {
+			return errQueueFull
+		}
+	}
+}
+
+// waitForSpace is called with q.mu held and releases it. It reports
+// whether to try again.
+func (c *LocalConnection) waitForSpace(q *sendQueue, wait bool) bool {
+	if !wait {
+		q.dropped++
+		q.mu.Unlock()
+		return false
+	}
+	if q.spaceWait == nil {
+		q.spaceWait = make(chan struct{})
+	}
+	ch := q.spaceWait
+	q.mu.Unlock()
+	select {
+	case <-ch:
+		return true
+	case <-c.done:
+		return true // the next attempt sees the queue closed
+	}
+}
+
+// writeLoop sends what is queued until the connection ends. Topology is
+// sent at most once per topology interval, so bursts of changes are merged
+// into one message per neighbour.
+func (c *LocalConnection) writeLoop() {
+	r := c.router
+	heartbeat := time.NewTicker(r.heartbeatInterval)
+	defer heartbeat.Stop()
+	topoTimer := time.NewTimer(time.Hour)
+	topoTimer.Stop()
+	defer topoTimer.Stop()
+	var (
+		batch      sendBatch
+		out        []byte
+		scratch    []byte
+		lastTopo   time.Time
+		wrote      bool
+		needBeat   bool
+		timerArmed bool
+	)
+	for {
+		select {
+		case <-c.done:
+			return
+		case <-c.q.wake:
+		case <-topoTimer.C:
+			timerArmed = false
+		case <-heartbeat.C:
+			if !wrote {
+				needBeat = true
+			}
+			wrote = false
+		}
+		now := time.Now()
+		topoDue := now.Sub(lastTopo) >= r.topologyInterval
+		stillTopo := c.q.take(&batch, topoDue)
+		if stillTopo && !timerArmed {
+			topoTimer.Reset(r.topologyInterval - now.Sub(lastTopo))
+			timerArmed = true
+		}
+		out = out[:0]
+		var err error
+		if batch.topoFull || len(batch.topo) > 0 {
+			lastTopo = now
+			var names []PeerName
+			if !batch.topoFull {
+				names = batch.topo
+			}
+			for _, msg := range r.Peers.encodeTopology(names) {
+				m := gossipMessage{Tag: tagGossip, Channel: topologyChannel, Src: r.Ourself.Name, Payload: msg}
+				scratch = appendGossipMessage(scratch[:0], &m)
+				if out, err = c.appendFrame(out, scratch); err != nil {
+					break
+				}
+			}
+		}
+		for buf := batch.buf; err == nil && len(buf) >= 4; {
+			n := binary.BigEndian.Uint32(buf)
+			body := buf[4 : 4+n]
+			buf = buf[4+n:]
+			out, err = c.appendFrame(out, body)
+		}
+		for i := 0; err == nil && i < len(batch.keys); i++ {
+			k := batch.keys[i]
+			for _, msg := range batch.gossip[i].Encode() {
+				m := gossipMessage{Tag: k.tag, Channel: k.channel, Src: k.src, Payload: msg}
+				scratch = appendGossipMessage(scratch[:0], &m)
+				if out, err = c.appendFrame(out, scratch); err != nil {
+					break
+				}
+			}
+			batch.gossip[i] = nil
+		}
+		if err == nil && needBeat && len(out) == 0 {
+			out, err = c.appendFrame(out, []byte{tagHeartbeat})
+		}
+		needBeat = false
+		if err != nil {
+			c.shutdown(err)
+			return
+		}
+		if len(out) == 0 {
+			continue
+		}
+		if err := c.conn.SetWriteDeadline(now.Add(r.writeTimeout)); err != nil {
+			c.shutdown(err)
+			return
+		}
+		if _, err := c.conn.Write(out); err != nil {
+			c.shutdown(err)
+			return
+		}
+		wrote = true
+		if cap(out) > maxRetainedBuffer {
+			out = nil
+		}
+		if cap(batch.buf) > maxRetainedBuffer {
+			batch.buf = nil
+		}
+	}
+}
+
+// maxRetainedBuffer is the largest buffer a writer keeps between batches.
+const maxRetainedBuffer = 1 << 20
+
+// appendFrame adds one frame to out. A message too large for a frame is
+// dropped and logged; the connection goes on.
+func (c *LocalConnection) appendFrame(out, body []byte) ([]byte, error) {
+	res, err := c.writer.appendFrame(out, body)
+	if errors.Is(err, ErrFrameTooLarge) {
+		c.router.logOnce("big", fmt.Sprintf("%s: dropping message: %v", c, err))
+		return out, nil
+	}
+	return res, err
+}

@@ -1,0 +1,442 @@
+package mesh
+
+import (
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// Redial timing.
+const (
+	// initialRetryDelay is the delay before the first redial.
+	initialRetryDelay = 500 * time.Millisecond
+	// maxRetryDelay caps the exponential backoff.
+	maxRetryDelay = 5 * time.Minute
+	// longLivedConnection is how long a connection must last for the
+	// backoff to start again from the beginning after it ends.
+	longLivedConnection = time.Minute
+)
+
+type targetState uint8
+
+const (
+	targetWaiting    targetState = iota // until tryAfter
+	targetAttempting                    // a dial or handshake is under way
+	targetConnected                     // a connection is up
+	targetGivenUp                       // never retried (ourselves, name collision)
+)
+
+func (s targetState) String() string {
+	switch s {
+	case targetWaiting:
+		return "waiting"
+	case targetAttempting:
+		return "attempting"
+	case targetConnected:
+		return "connected"
+	}
+	return "failed"
+}
+
+// target is an address the connection maker keeps a connection to.
+type target struct {
+	addr      string
+	direct    bool // asked for by the program, not discovered
+	state     targetState
+	attempts  int
+	tryAfter  time.Time
+	lastError error
+}
+
+// ConnectionMaker dials the peers this router should be connected to and
+// redials them with exponential backoff and jitter: the addresses given to
+// InitiateConnections and, with Config.PeerDiscovery, the addresses of peers
+// learnt from the topology. Host names are resolved at every attempt.
+type ConnectionMaker struct {
+	router *Router
+	wake   chan struct{}
+
+	mu      sync.Mutex
+	targets map[string]*target
+	rnd     *rand.Rand
+}
+
+func newConnectionMaker(r *Router) *ConnectionMaker {
+	return &ConnectionMaker{
+		router:  r,
+		wake:    make(chan struct{}, 1),
+		targets: make(map[string]*target),
+		rnd:     rand.New(rand.NewPCG(uint64(r.Ourself.UID), uint64(r.Ourself.Name))),
+	}
+}
+
+func (cm *ConnectionMaker) signal() {
+	select {
+	case cm.wake <- struct{}{}:
+	default:
+	}
+}
+
+// normaliseAddress checks a "host[:port]" peer address and adds the
+// default port when there is none. The host is not resolved here.
+func normaliseAddress(peer string) (string, error) {
+	host, port, err := net.SplitHostPort(peer)
+	if err != nil {
+		host, port = peer, strconv.Itoa(Port)
+		if peer == "" || net.ParseIP(peer) == nil && (peer[0] == '[' || containsColon(peer)) {
+			return "", fmt.Errorf("mesh: invalid peer address %q", peer)
+		}
+	}
+	if host == "" {
+		return "", fmt.Errorf("mesh: peer address %q has no host", peer)
+	}
+	if p, err := strconv.Atoi(port); err != nil || p <= 0 || p > 65535 {
+		return "", fmt.Errorf("mesh: peer address %q has an invalid port", peer)
+	}
+	return net.JoinHostPort(host, port), nil
+}
+
+func containsColon(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] == ':' {
+			return true
+		}
+	}
+	return false
+}
+
+// InitiateConnections adds the given peer addresses ("host:port", or
+// "host" for the default port) to those the router keeps connections to.
+// With replace, addresses added before and not listed now are forgotten.
+// It returns one error per invalid address; the others are still added.
+func (cm *ConnectionMaker) InitiateConnections(peers []string, replace bool) []error {
+	var errs []error
+	addrs := make(map[string]struct{}, len(peers))
+	for _, p := range peers {
+		addr, err := normaliseAddress(p)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		addrs[addr] = struct{}{}
+	}
+	cm.mu.Lock()
+	if replace {
+		for addr, t := range cm.targets {
+			if _, keep := addrs[addr]; t.direct && !keep {
+				cm.forgetLocked(addr)
+			}
+		}
+	}
+	for addr := range addrs {
+		if t, ok := cm.targets[addr]; ok {
+			t.direct = true
+			if t.state == targetGivenUp {
+				t.state, t.attempts, t.tryAfter = targetWaiting, 0, time.Time{}
+			}
+			continue
+		}
+		cm.targets[addr] = &target{addr: addr, direct: true}
+	}
+	cm.mu.Unlock()
+	cm.signal()
+	return errs
+}
+
+// ForgetConnections removes the given addresses from those the router
+// keeps connections to. Existing connections are not closed.
+func (cm *ConnectionMaker) ForgetConnections(peers []string) {
+	cm.mu.Lock()
+	for _, p := range peers {
+		if addr, err := normaliseAddress(p); err == nil {
+			cm.forgetLocked(addr)
+		}
+	}
+	cm.mu.Unlock()
+}
+
+func (cm *ConnectionMaker) forgetLocked(addr string) {
+	if t, ok := cm.targets[addr]; ok {
+		if t.state == targetAttempting || t.state == targetConnected {
+			t.direct = false // dropped when the attempt or connection ends
+			return
+		}
+		delete(cm.targets, addr)
+	}
+}
+
+// Targets returns the addresses given to InitiateConnections, sorted; with
+// activeOnly, only those not connected at the moment.
+func (cm *ConnectionMaker) Targets(activeOnly bool) []string {
+	cm.mu.Lock()
+	defer cm.mu.Unlock()
+	var out []string
+	for addr, t := range cm.targets {
+		if t.direct && (!activeOnly || t.state != targetConnected) {
+			out = append(out, addr)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// TargetStatus describes one address the connection maker works on.
+type TargetStatus struct {
+	Address   string
+	Direct    bool
+	State     string
+	Attempts  int
+	TryAfter  time.Time `json:",omitempty"`
+	LastError string    `json:",omitempty"`
+}
+
+// Status returns the state of every target, sorted by address.
+func (cm *ConnectionMaker) Status() []TargetStatus {
+	cm.mu.Lock()
+	defer cm.mu.Unlock()
+	out := make([]TargetStatus, 0, len(cm.targets))
+	for _, t := range cm.targets {
+		s := TargetStatus{Address: t.addr, Direct: t.direct, State: t.state.String(), Attempts: t.attempts}
+		if t.state == targetWaiting {
+			s.TryAfter = t.tryAfter
+		}
+		if t.lastError != nil {
+			s.LastError = t.lastError.Error()
+		}
+		out = append(out, s)
+	}
+	slices.SortFunc(out, func(a, b TargetStatus) int {
+		switch {
+		case a.Address < b.Address:
+			return -1
+		case a.Address > b.Address:
+			return 1
+		}
+		return 0
+	})
+	return out
+}
+
+// run dials targets when they are due until stop is closed.
+func (cm *ConnectionMaker) run(stop <-chan struct{}) {
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		next := cm.launchDue(time.Now())
+		if !timer.Stop() {
+			select {
+			case <-timer.C:
+			default:
+			}
+		}
+		if !next.IsZero() {
+			timer.Reset(time.Until(next))
+		}
+		select {
+		case <-stop:
+			return
+		case <-cm.wake:
+		case <-timer.C:
+		}
+	}
+}
+
+// launchDue starts a dial for every target that is due, within the
+// connection limit, and returns when the next one is due (zero if none).
+func (cm *ConnectionMaker) launchDue(now time.Time) time.Time {
+	r := cm.router
+	r.mu.RLock()
+	connected := make(map[string]bool, len(r.conns))
+	for _, c := range r.conns {
+		if c.outbound {
+			connected[c.remoteTCPAddr] = true
+		}
+	}
+	nconns := len(r.conns)
+	r.mu.RUnlock()
+
+	cm.mu.Lock()
+	defer cm.mu.Unlock()
+	attempting := 0
+	for _, t := range cm.targets {
+		if t.state == targetAttempting {
+			attempting++
+		}
+	}
+	var due []*target
+	var next time.Time
+	for _, t := range cm.targets {
+		if t.state != targetWaiting || connected[t.addr] {
+			continue
+		}
+		if t.tryAfter.After(now) {
+			if next.IsZero() || t.tryAfter.Before(next) {
+				next = t.tryAfter
+			}
+			continue
+		}
+		due = append(due, t)
+	}
+	// Program-given addresses first, then in address order, so the choice
+	// under the connection limit is deterministic.
+	slices.SortFunc(due, func(a, b *target) int {
+		if a.direct != b.direct {
+			if a.direct {
+				return -1
+			}
+			return 1
+		}
+		switch {
+		case a.addr < b.addr:
+			return -1
+		case a.addr > b.addr:
+			return 1
+		}
+		return 0
+	})
+	for _, t := range due {
+		if nconns+attempting >= r.ConnLimit {
+			break
+		}
+		attempting++
+		t.state = targetAttempting
+		t.attempts++
+		r.wg.Add(1)
+		go func(t *target) {
+			defer r.wg.Done()
+			cm.dial(t)
+		}(t)
+	}
+	return next
+}
+
+// dial connects to a target; on success the calling goroutine becomes the
+// connection's reader.
+func (cm *ConnectionMaker) dial(t *target) {
+	r := cm.router
+	conn, err := r.transport.DialContext(r.ctx, t.addr)
+	if err != nil {
+		cm.attemptEnded(t, time.Time{}, err)
+		return
+	}
+	c := r.newConnection(conn, true, t.addr, t)
+	if c == nil {
+		cm.attemptEnded(t, time.Time{}, ErrStopped)
+		return
+	}
+	c.run()
+	r.forget(c)
+}
+
+// connected is called when a connection to a target is registered.
+func (cm *ConnectionMaker) connected(t *target) {
+	cm.mu.Lock()
+	t.state = targetConnected
+	t.lastError = nil
+	cm.mu.Unlock()
+}
+
+// connectionEnded is called when a connection to a target ends, whether
+// its handshake failed or it ran for a while.
+func (cm *ConnectionMaker) connectionEnded(c *LocalConnection, err error) {
+	cm.attemptEnded(c.target, c.started, err)
+}
+
+func (cm *ConnectionMaker) attemptEnded(t *target, started time.Time, err error) {
+	cm.mu.Lock()
+	defer cm.signal()
+	defer cm.mu.Unlock()
+	if cm.targets[t.addr] != t {
+		return
+	}
+	if !t.direct && t.state == targetConnected {
+		// A discovered address served its purpose; discovery adds it
+		// again if the peer is still unconnected.
+		delete(cm.targets, t.addr)
+		return
+	}
+	t.lastError = err
+	switch {
+	case errors.Is(err, ErrConnectToSelf), errors.Is(err, ErrNameCollision):
+		t.state = targetGivenUp
+		if !t.direct {
+			delete(cm.targets, t.addr)
+		}
+		cm.router.logf("->[%s] not retrying: %v", t.addr, err)
+		return
+	case errors.Is(err, ErrDuplicateConnection) && !t.direct:
+		delete(cm.targets, t.addr)
+		return
+	}
+	if !started.IsZero() && time.Since(started) >= longLivedConnection {
+		t.attempts = 0
+	}
+	t.state = targetWaiting
+	t.tryAfter = time.Now().Add(cm.backoff(t.attempts))
+}
+
+// backoff returns the delay before attempt number n+1: exponential from
+// initialRetryDelay up to maxRetryDelay, with ±25% jitter.
+func (cm *ConnectionMaker) backoff(n int) time.Duration {
+	d := initialRetryDelay
+	for i := 1; i < n && d < maxRetryDelay; i++ {
+		d *= 2
+	}
+	d = min(d, maxRetryDelay)
+	jitter := time.Duration(cm.rnd.Int64N(int64(d)/2+1)) - d/4
+	return d + jitter
+}
+
+// topologyChanged refreshes the discovered targets: with peer discovery,
+// the addresses at which other peers reach the peers we are not connected
+// to.
+func (cm *ConnectionMaker) topologyChanged() {
+	r := cm.router
+	if !r.PeerDiscovery {
+		return
+	}
+	r.mu.RLock()
+	connectedNames := make(map[PeerName]bool, len(r.conns))
+	for name := range r.conns {
+		connectedNames[name] = true
+	}
+	r.mu.RUnlock()
+	candidates := make(map[string]struct{})
+	ourAddr := ""
+	if a := r.ListenAddr(); a != nil {
+		ourAddr = a.String()
+	}
+	r.Peers.ForEach(func(p *Peer) {
+		for _, c := range p.conns {
+			if c.Name == r.Ourself.Name || connectedNames[c.Name] || c.RemoteTCPAddr == "" || c.RemoteTCPAddr == ourAddr {
+				continue
+			}
+			candidates[c.RemoteTCPAddr] = struct{}{}
+		}
+	})
+	cm.mu.Lock()
+	changed := false
+	for addr, t := range cm.targets {
+		if _, ok := candidates[addr]; !ok && !t.direct && t.state == targetWaiting {
+			delete(cm.targets, addr)
+		}
+	}
+	for addr := range candidates {
+		if _, ok := cm.targets[addr]; !ok {
+			if _, err := normaliseAddress(addr); err != nil {
+				continue
+			}
+			cm.targets[addr] = &target{addr: addr}
+			changed = true
+		}
+	}
+	cm.mu.Unlock()
+	if changed {
+		cm.signal()
+	}
+}

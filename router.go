@@ -1,0 +1,887 @@
+package mesh
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	mrand "math/rand/v2"
+	"net"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// Config holds the settings of a Router. The zero value of every field
+// added since weave mesh selects a sensible default.
+type Config struct {
+	// Host is the address to listen on; empty means every interface.
+	Host string
+	// Port is the TCP port to listen on; 0 picks a free port (see
+	// Router.ListenAddr). Use mesh.Port for the default 6783.
+	Port int
+	// Password enables encryption of every connection when non-nil. All
+	// peers of a mesh must use the same password. An empty but non-nil
+	// password still means "encrypted".
+	Password []byte
+	// ConnLimit is the maximum number of connections; 0 means
+	// DefaultConnLimit.
+	ConnLimit int
+	// ProtocolMinVersion is the oldest protocol version accepted (1 or 2);
+	// 0 means ProtocolMinVersion.
+	ProtocolMinVersion byte
+	// PeerDiscovery makes the router connect to the peers it learns of
+	// through the topology.
+	PeerDiscovery bool
+	// TrustedSubnets lists the networks whose peers are told they are
+	// trusted (a feature used by overlays).
+	TrustedSubnets []*net.IPNet
+	// GossipInterval is how often each channel's complete state is
+	// gossiped; nil means DefaultGossipInterval.
+	GossipInterval *time.Duration
+
+	// HeartbeatInterval is how often an idle connection sends a heartbeat;
+	// a connection that receives nothing for twice as long is closed.
+	// 0 means DefaultHeartbeatInterval.
+	HeartbeatInterval time.Duration
+	// HandshakeTimeout bounds the connection handshake; 0 means
+	// DefaultHandshakeTimeout.
+	HandshakeTimeout time.Duration
+	// MaxFrameSize bounds every frame sent or received; 0 means
+	// DefaultMaxFrameSize, which is also the largest value allowed.
+	MaxFrameSize int
+	// SendQueueBytes bounds the messages waiting to be sent on one
+	// connection; 0 means DefaultSendQueueBytes. Relayed messages that do
+	// not fit are dropped; local unicasts wait for room.
+	SendQueueBytes int
+	// MaxPeers bounds how many peers the topology holds; 0 means
+	// DefaultMaxPeers.
+	MaxPeers int
+	// Transport dials and listens; nil means TCP.
+	Transport Transport
+}
+
+// More defaults.
+const (
+	// DefaultSendQueueBytes is the default bound of a connection's queue.
+	DefaultSendQueueBytes = 4 << 20
+	// DefaultMaxPeers is the default bound of the topology.
+	DefaultMaxPeers = 100000
+	// maxConnectionsPerPeer bounds the connections one peer may report.
+	maxConnectionsPerPeer = 10000
+	// defaultTopologyInterval is the shortest time between two topology
+	// messages on one connection: changes made meanwhile are sent together.
+	defaultTopologyInterval = 20 * time.Millisecond
+	// routeDelay is how long route recomputation waits for more changes.
+	routeDelay = 5 * time.Millisecond
+	// gcGrace is how long a peer stays unreachable before it is removed:
+	// long enough for the update that links a newly learnt peer to arrive.
+	gcGrace = time.Second
+)
+
+// Router is a peer of the mesh: it keeps connections to neighbours,
+// gossips the topology, computes routes and carries the messages of the
+// gossip channels registered with NewGossip.
+type Router struct {
+	Config
+	// Overlay is the data-plane overlay; NullOverlay when none was given.
+	Overlay Overlay
+	// Ourself is this peer.
+	Ourself *LocalPeer
+	// Peers is every peer this router knows.
+	Peers *Peers
+	// Routes tells the next hop towards each peer.
+	Routes *Routes
+	// ConnectionMaker dials and redials the peers this router should be
+	// connected to.
+	ConnectionMaker *ConnectionMaker
+
+	logger            *routerLogger
+	shortID           PeerShortID
+	transport         Transport
+	gossipInterval    time.Duration
+	heartbeatInterval time.Duration
+	handshakeTimeout  time.Duration
+	writeTimeout      time.Duration
+	topologyInterval  time.Duration
+	maxFrameSize      int
+	sendQueueBytes    int
+	limits            topologyLimits
+
+	mu       sync.RWMutex
+	channels map[string]*gossipChannel
+	conns    map[PeerName]*LocalConnection
+	pending  map[*LocalConnection]struct{} // every connection not yet ended
+	started  bool
+	stopped  bool
+	listener net.Listener
+
+	recent      *recentSet
+	rndMu       sync.Mutex
+	rnd         *mrand.Rand
+	topoChanged chan struct{}
+	stop        chan struct{}
+	ctx         context.Context
+	cancel      context.CancelFunc
+	stopOnce    sync.Once
+	wg          sync.WaitGroup
+}
+
+// NewRouter creates a router named name. It checks the configuration and
+// returns an error for anything invalid. A nil overlay means NullOverlay;
+// a nil logger means no logging.
+func NewRouter(config Config, name PeerName, nickName string, overlay Overlay, logger Logger) (*Router, error) {
+	if err := validateConfig(&config, name, nickName); err != nil {
+		return nil, err
+	}
+	if overlay == nil {
+		overlay = NullOverlay{}
+	}
+	uid, err := randomUint64()
+	if err != nil {
+		return nil, err
+	}
+	for uid == 0 {
+		if uid, err = randomUint64(); err != nil {
+			return nil, err
+		}
+	}
+	seed, err := randomUint64()
+	if err != nil {
+		return nil, err
+	}
+	r := &Router{
+		Config:            config,
+		Overlay:           overlay,
+		logger:            newRouterLogger(logger),
+		shortID:           PeerShortID(seed & 0xfff),
+		transport:         config.Transport,
+		gossipInterval:    DefaultGossipInterval,
+		heartbeatInterval: orDuration(config.HeartbeatInterval, DefaultHeartbeatInterval),
+		handshakeTimeout:  orDuration(config.HandshakeTimeout, DefaultHandshakeTimeout),
+		topologyInterval:  defaultTopologyInterval,
+		maxFrameSize:      orInt(config.MaxFrameSize, DefaultMaxFrameSize),
+		sendQueueBytes:    orInt(config.SendQueueBytes, DefaultSendQueueBytes),
+		channels:          make(map[string]*gossipChannel),
+		conns:             make(map[PeerName]*LocalConnection),
+		pending:           make(map[*LocalConnection]struct{}),
+		recent:            newRecentSet(),
+		rnd:               mrand.New(mrand.NewPCG(seed, uid)),
+		topoChanged:       make(chan struct{}, 1),
+		stop:              make(chan struct{}),
+	}
+	if r.ConnLimit == 0 {
+		r.ConnLimit = DefaultConnLimit
+	}
+	if r.ProtocolMinVersion == 0 {
+		r.ProtocolMinVersion = ProtocolMinVersion
+	}
+	if config.GossipInterval != nil {
+		r.gossipInterval = *config.GossipInterval
+	}
+	if r.transport == nil {
+		r.transport = &TCPTransport{}
+	}
+	r.writeTimeout = 2 * r.heartbeatInterval
+	r.limits = topologyLimits{MaxPeers: orInt(config.MaxPeers, DefaultMaxPeers), MaxConnections: maxConnectionsPerPeer}
+	r.ctx, r.cancel = context.WithCancel(context.Background())
+	ourself := &Peer{Name: name, NickName: nickName, UID: PeerUID(uid), ShortID: r.shortID, HasShortID: true}
+	r.Ourself = &LocalPeer{Name: name, NickName: nickName, UID: PeerUID(uid), router: r}
+	r.Peers = newPeers(ourself, r.limits)
+	r.Routes = newRoutes(r.Peers.topo)
+	r.ConnectionMaker = newConnectionMaker(r)
+	return r, nil
+}
+
+func validateConfig(c *Config, name PeerName, nickName string) error {
+	switch {
+	case name == UnknownPeerName || name > maxPeerName:
+		return fmt.Errorf("mesh: invalid peer name %d", uint64(name))
+	case len(nickName) > maxNickNameLen:
+		return fmt.Errorf("mesh: nickname longer than %d bytes", maxNickNameLen)
+	case c.Port < 0 || c.Port > 65535:
+		return fmt.Errorf("mesh: invalid port %d", c.Port)
+	case c.ConnLimit < 0:
+		return fmt.Errorf("mesh: invalid connection limit %d", c.ConnLimit)
+	case c.ProtocolMinVersion != 0 && (c.ProtocolMinVersion < ProtocolMinVersion || c.ProtocolMinVersion > ProtocolMaxVersion):
+		return fmt.Errorf("mesh: protocol minimum version %d is outside [%d,%d]", c.ProtocolMinVersion, ProtocolMinVersion, ProtocolMaxVersion)
+	case c.GossipInterval != nil && *c.GossipInterval <= 0:
+		return fmt.Errorf("mesh: gossip interval must be positive, not %v", *c.GossipInterval)
+	case c.HeartbeatInterval < 0 || c.HandshakeTimeout < 0:
+		return errors.New("mesh: negative heartbeat interval or handshake timeout")
+	case c.MaxFrameSize < 0 || c.MaxFrameSize > DefaultMaxFrameSize:
+		return fmt.Errorf("mesh: max frame size must be within [0,%d]", DefaultMaxFrameSize)
+	case c.MaxFrameSize != 0 && c.MaxFrameSize < 4096:
+		return errors.New("mesh: max frame size below 4096 bytes")
+	case c.SendQueueBytes < 0 || c.MaxPeers < 0:
+		return errors.New("mesh: negative send queue or peer limit")
+	}
+	for _, n := range c.TrustedSubnets {
+		if n == nil {
+			return errors.New("mesh: nil trusted subnet")
+		}
+	}
+	return nil
+}
+
+func orDuration(v, def time.Duration) time.Duration {
+	if v == 0 {
+		return def
+	}
+	return v
+}
+
+func orInt(v, def int) int {
+	if v == 0 {
+		return def
+	}
+	return v
+}
+
+func randomUint64() (uint64, error) {
+	var b [8]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return 0, fmt.Errorf("mesh: reading random bytes: %w", err)
+	}
+	return binary.BigEndian.Uint64(b[:]), nil
+}
+
+// NewGossip registers a gossip channel: messages on it are passed to
+// gossiper, and the returned Gossip sends on it. Each name may be
+// registered once; "topology" is reserved.
+func (router *Router) NewGossip(channelName string, gossiper Gossiper) (Gossip, error) {
+	switch {
+	case gossiper == nil:
+		return nil, errors.New("mesh: nil gossiper")
+	case channelName == "" || len(channelName) > maxChannelNameLen:
+		return nil, fmt.Errorf("mesh: invalid channel name %q", channelName)
+	case channelName == topologyChannel:
+		return nil, fmt.Errorf("mesh: channel name %q is reserved", channelName)
+	}
+	router.mu.Lock()
+	defer router.mu.Unlock()
+	if router.stopped {
+		return nil, ErrStopped
+	}
+	if _, ok := router.channels[channelName]; ok {
+		return nil, fmt.Errorf("mesh: channel %q is already registered", channelName)
+	}
+	ch := newGossipChannel(channelName, router, gossiper)
+	router.channels[channelName] = ch
+	if router.started {
+		router.startChannel(ch)
+	}
+	return &channelSender{router: router, channel: channelName}, nil
+}
+
+func (router *Router) startChannel(ch *gossipChannel) {
+	router.wg.Add(1)
+	go func() {
+		defer router.wg.Done()
+		ch.run(router.stop)
+	}()
+}
+
+func (router *Router) channel(name string) *gossipChannel {
+	router.mu.RLock()
+	defer router.mu.RUnlock()
+	return router.channels[name]
+}
+
+// Start listens for connections and starts the router's goroutines. It
+// returns an error when the address cannot be listened on, or when the
+// router was already started or stopped.
+func (router *Router) Start() error {
+	router.mu.Lock()
+	defer router.mu.Unlock()
+	if router.stopped {
+		return ErrStopped
+	}
+	if router.started {
+		return errors.New("mesh: router already started")
+	}
+	ln, err := router.transport.Listen(net.JoinHostPort(router.Host, strconv.Itoa(router.Port)))
+	if err != nil {
+		return fmt.Errorf("mesh: listening: %w", err)
+	}
+	router.listener = ln
+	router.started = true
+	for _, ch := range router.channels {
+		router.startChannel(ch)
+	}
+	router.wg.Add(3)
+	go func() {
+		defer router.wg.Done()
+		router.acceptLoop(ln)
+	}()
+	go func() {
+		defer router.wg.Done()
+		router.topologyLoop()
+	}()
+	go func() {
+		defer router.wg.Done()
+		router.ConnectionMaker.run(router.stop)
+	}()
+	return nil
+}
+
+// ListenAddr returns the address the router listens on, with the real port
+// when Config.Port was 0; nil before Start.
+func (router *Router) ListenAddr() net.Addr {
+	router.mu.RLock()
+	defer router.mu.RUnlock()
+	if router.listener == nil {
+		return nil
+	}
+	return router.listener.Addr()
+}
+
+func (router *Router) listenPort() int {
+	if a, ok := router.ListenAddr().(*net.TCPAddr); ok {
+		return a.Port
+	}
+	if a := router.ListenAddr(); a != nil {
+		if _, p, err := net.SplitHostPort(a.String()); err == nil {
+			port, _ := strconv.Atoi(p)
+			return port
+		}
+	}
+	return 0
+}
+
+// Stop closes the listener and every connection, and returns once every
+// goroutine the router started has ended. It may be called more than once.
+func (router *Router) Stop() error {
+	router.stopOnce.Do(func() {
+		router.mu.Lock()
+		router.stopped = true
+		ln := router.listener
+		pending := make([]*LocalConnection, 0, len(router.pending))
+		for c := range router.pending {
+			pending = append(pending, c)
+		}
+		router.mu.Unlock()
+		close(router.stop)
+		router.cancel()
+		if ln != nil {
+			ln.Close()
+		}
+		for _, c := range pending {
+			c.shutdown(ErrStopped)
+		}
+		router.wg.Wait()
+		router.Overlay.Stop()
+	})
+	return nil
+}
+
+func (router *Router) acceptLoop(ln net.Listener) {
+	var delay time.Duration
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			select {
+			case <-router.stop:
+				return
+			default:
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// Out of file descriptors and the like: back off and retry.
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			router.logOnce("accept", fmt.Sprintf("accept: %v", err))
+			select {
+			case <-router.stop:
+				return
+			case <-time.After(delay):
+			}
+			continue
+		}
+		delay = 0
+		router.logf("->[%s] connection accepted", conn.RemoteAddr())
+		router.startConnection(conn, false, "", nil)
+	}
+}
+
+// startConnection runs a new connection on a goroutine of its own.
+func (router *Router) startConnection(conn net.Conn, outbound bool, addr string, t *target) {
+	c := router.newConnection(conn, outbound, addr, t)
+	if c == nil {
+		return
+	}
+	router.wg.Add(1)
+	go func() {
+		defer router.wg.Done()
+		c.run()
+		router.forget(c)
+	}()
+}
+
+func (router *Router) newConnection(conn net.Conn, outbound bool, addr string, t *target) *LocalConnection {
+	dc := &deadlineConn{Conn: conn, timeout: 2 * router.heartbeatInterval}
+	c := &LocalConnection{
+		router:        router,
+		conn:          conn,
+		br:            bufio.NewReaderSize(dc, 64<<10),
+		outbound:      outbound,
+		remoteTCPAddr: addr,
+		target:        t,
+		q:             newSendQueue(router.sendQueueBytes),
+		done:          make(chan struct{}),
+	}
+	router.mu.Lock()
+	defer router.mu.Unlock()
+	if router.stopped {
+		abortConn(conn)
+		return nil
+	}
+	router.pending[c] = struct{}{}
+	return c
+}
+
+func (router *Router) forget(c *LocalConnection) {
+	router.mu.Lock()
+	delete(router.pending, c)
+	router.mu.Unlock()
+}
+
+// addConnection registers a connection that completed its handshake.
+func (router *Router) addConnection(c *LocalConnection) error {
+	router.mu.Lock()
+	if router.stopped {
+		router.mu.Unlock()
+		return ErrStopped
+	}
+	if old, ok := router.conns[c.remoteName]; ok {
+		nx, ox := c.xorConnID(), old.xorConnID()
+		switch {
+		case nx > ox:
+			router.mu.Unlock()
+			return fmt.Errorf("%w %s added to %s", ErrDuplicateConnection, c.Remote(), router.Ourself)
+		case nx == ox:
+			router.mu.Unlock()
+			old.shutdown(ErrDuplicateConnection)
+			return fmt.Errorf("%w %s added to %s", ErrDuplicateConnection, c.Remote(), router.Ourself)
+		}
+		// The new connection wins: the old one ends and leaves us.
+		delete(router.conns, c.remoteName)
+		go old.shutdown(ErrDuplicateConnection)
+	} else if len(router.conns) >= router.ConnLimit {
+		router.mu.Unlock()
+		return fmt.Errorf("%w (limit %d)", ErrConnLimit, router.ConnLimit)
+	}
+	router.conns[c.remoteName] = c
+	established := overlayEstablished(c.overlayConn)
+	c.established.Store(established)
+	router.Peers.mu.Lock()
+	_, added := router.Peers.topo.addPeerIfUnknown(c.remoteSumm)
+	router.Peers.topo.setOurConnections(router.connectionSummaries())
+	router.Peers.mu.Unlock()
+	others := router.otherConnections(c)
+	router.mu.Unlock()
+
+	if !established && c.overlayConn != nil {
+		router.wg.Add(1)
+		go func() {
+			defer router.wg.Done()
+			router.watchOverlay(c)
+		}()
+	}
+	c.q.pushTopology(nil, true)
+	changed := []PeerName{router.Ourself.Name}
+	if added {
+		changed = append(changed, c.remoteName)
+	}
+	for _, o := range others {
+		o.q.pushTopology(changed, false)
+	}
+	if c.target != nil {
+		router.ConnectionMaker.connected(c.target)
+	}
+	router.logf("%s: connection added", c)
+	router.topologyChanged()
+	return nil
+}
+
+func overlayEstablished(oc OverlayConnection) bool {
+	if oc == nil {
+		return true
+	}
+	select {
+	case <-oc.EstablishedChannel():
+		return true
+	default:
+		return false
+	}
+}
+
+// watchOverlay waits for the overlay to establish the connection, or to
+// fail it.
+func (router *Router) watchOverlay(c *LocalConnection) {
+	select {
+	case <-c.done:
+	case err := <-c.overlayConn.ErrorChannel():
+		c.shutdown(err)
+	case <-c.overlayConn.EstablishedChannel():
+		c.established.Store(true)
+		router.ourConnectionsChanged(nil)
+	}
+}
+
+// removeConnection unregisters a connection that ended.
+func (router *Router) removeConnection(c *LocalConnection) {
+	router.mu.Lock()
+	if router.conns[c.remoteName] != c {
+		router.mu.Unlock()
+		return
+	}
+	delete(router.conns, c.remoteName)
+	router.mu.Unlock()
+	router.ourConnectionsChanged(nil)
+	router.logf("%s: connection deleted", c)
+}
+
+// ourConnectionsChanged rebuilds our topology entry from our connections
+// and tells every neighbour (but except).
+func (router *Router) ourConnectionsChanged(except *LocalConnection) {
+	router.mu.RLock()
+	router.Peers.mu.Lock()
+	router.Peers.topo.setOurConnections(router.connectionSummaries())
+	router.Peers.mu.Unlock()
+	others := router.otherConnections(except)
+	router.mu.RUnlock()
+	for _, o := range others {
+		o.q.pushTopology([]PeerName{router.Ourself.Name}, false)
+	}
+	router.topologyChanged()
+}
+
+// connectionSummaries lists our connections; the caller holds router.mu.
+func (router *Router) connectionSummaries() []connectionSummary {
+	out := make([]connectionSummary, 0, len(router.conns))
+	for _, c := range router.conns {
+		out = append(out, c.summary())
+	}
+	return out
+}
+
+// otherConnections lists our connections but except; the caller holds
+// router.mu.
+func (router *Router) otherConnections(except *LocalConnection) []*LocalConnection {
+	out := make([]*LocalConnection, 0, len(router.conns))
+	for _, c := range router.conns {
+		if c != except {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+func (router *Router) connectionTo(name PeerName) *LocalConnection {
+	router.mu.RLock()
+	defer router.mu.RUnlock()
+	return router.conns[name]
+}
+
+func (router *Router) connections() []*LocalConnection {
+	router.mu.RLock()
+	defer router.mu.RUnlock()
+	return router.otherConnections(nil)
+}
+
+func (router *Router) trusts(addr net.Addr) bool {
+	if len(router.TrustedSubnets) == 0 {
+		return false
+	}
+	host, _, err := net.SplitHostPort(addr.String())
+	if err != nil {
+		return false
+	}
+	ip := net.ParseIP(host)
+	for _, n := range router.TrustedSubnets {
+		if ip != nil && n.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+// topologyChanged asks for routes to be recomputed soon.
+func (router *Router) topologyChanged() {
+	select {
+	case router.topoChanged <- struct{}{}:
+	default:
+	}
+}
+
+// topologyLoop recomputes routes after bursts of changes, removes peers
+// that became unreachable, and gossips periodically.
+func (router *Router) topologyLoop() {
+	gossipTicker := time.NewTicker(router.gossipInterval)
+	defer gossipTicker.Stop()
+	routeTimer := time.NewTimer(time.Hour)
+	routeTimer.Stop()
+	gcTimer := time.NewTimer(time.Hour)
+	gcTimer.Stop()
+	defer routeTimer.Stop()
+	defer gcTimer.Stop()
+	routeArmed, gcArmed := false, false
+	for {
+		select {
+		case <-router.stop:
+			return
+		case <-router.topoChanged:
+			if !routeArmed {
+				routeTimer.Reset(routeDelay)
+				routeArmed = true
+			}
+			continue
+		case <-routeTimer.C:
+			routeArmed = false
+		case <-gcTimer.C:
+			gcArmed = false
+		case <-gossipTicker.C:
+			router.periodicGossip()
+			continue
+		}
+		router.Peers.mu.RLock()
+		changed := router.Routes.recalculate(router.Peers.topo)
+		router.Peers.mu.RUnlock()
+		if changed {
+			router.Routes.fireOnChange()
+		}
+		removed, pending := router.Peers.garbageCollect(time.Now().UnixNano(), int64(gcGrace))
+		for _, p := range removed {
+			router.logf("Removed unreachable peer %s", p)
+		}
+		if len(removed) > 0 {
+			router.topologyChanged()
+		}
+		if pending && !gcArmed {
+			gcTimer.Reset(gcGrace)
+			gcArmed = true
+		}
+		router.ConnectionMaker.topologyChanged()
+	}
+}
+
+func (router *Router) periodicGossip() {
+	router.mu.RLock()
+	channels := make([]*gossipChannel, 0, len(router.channels))
+	for _, ch := range router.channels {
+		channels = append(channels, ch)
+	}
+	router.mu.RUnlock()
+	for _, c := range router.neighbourSubset(UnknownPeerName) {
+		c.q.pushTopology(nil, true)
+	}
+	for _, ch := range channels {
+		ch.deliver(inboxPeriodic, UnknownPeerName, nil)
+	}
+}
+
+// neighbourSubset picks the connections gossip goes to, leaving out the
+// one to except.
+func (router *Router) neighbourSubset(except PeerName) []*LocalConnection {
+	router.mu.RLock()
+	names := make([]PeerName, 0, len(router.conns))
+	for name, c := range router.conns {
+		if c.established.Load() {
+			names = append(names, name)
+		}
+	}
+	router.mu.RUnlock()
+	n := subsetSize(router.Routes.reachableCount())
+	router.rndMu.Lock()
+	chosen := chooseSubset(names, n, except, router.rnd)
+	router.rndMu.Unlock()
+	out := make([]*LocalConnection, 0, len(chosen))
+	for _, name := range chosen {
+		if c := router.connectionTo(name); c != nil {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// handleGossip dispatches a tag 4, 5 or 6 frame received on c.
+func (router *Router) handleGossip(c *LocalConnection, body []byte) error {
+	m, err := parseGossipMessage(body)
+	if err != nil {
+		return err
+	}
+	switch m.Tag {
+	case tagGossipUnicast:
+		if m.Dst != router.Ourself.Name {
+			router.forwardUnicast(&m, body)
+			return nil
+		}
+		ch := router.channel(m.Channel)
+		if ch == nil {
+			router.logOnce("nochan", fmt.Sprintf("[gossip %s]: unicast from %s for a channel not registered here: dropped", m.Channel, m.Src))
+			return nil
+		}
+		ch.deliver(inboxUnicast, m.Src, clone(m.Payload))
+	case tagGossipBroadcast:
+		ch := router.channel(m.Channel)
+		if ch == nil {
+			for _, next := range router.broadcastHops(m.Src) {
+				_ = next.sendRaw(body, false)
+			}
+			return nil
+		}
+		ch.deliver(inboxBroadcast, m.Src, clone(m.Payload))
+	case tagGossip:
+		if m.Channel == topologyChannel {
+			return router.handleTopology(c, m.Payload)
+		}
+		ch := router.channel(m.Channel)
+		if ch == nil {
+			if router.recent.firstTime(m.Channel, m.Payload) {
+				router.sendNeighbourSubset(m.Channel, newSurrogateData(clone(m.Payload)), m.Src)
+			}
+			return nil
+		}
+		ch.deliver(inboxGossip, m.Src, clone(m.Payload))
+	}
+	return nil
+}
+
+func clone(b []byte) []byte { return append([]byte(nil), b...) }
+
+// handleTopology merges a topology update received on c and passes on to
+// the other neighbours what was new.
+func (router *Router) handleTopology(c *LocalConnection, payload []byte) error {
+	updates, err := decodeTopology(payload, router.limits)
+	if err != nil {
+		return err
+	}
+	router.Peers.mu.Lock()
+	res := router.Peers.topo.apply(updates)
+	router.Peers.mu.Unlock()
+	if len(res.changed) == 0 && !res.ourVersionBumped && res.placeholders == 0 {
+		return nil
+	}
+	if len(res.changed) > 0 || res.ourVersionBumped {
+		changed := res.changed
+		if res.ourVersionBumped {
+			changed = append(changed, router.Ourself.Name)
+		}
+		for _, o := range router.connections() {
+			if o != c || res.ourVersionBumped {
+				o.q.pushTopology(changed, false)
+			}
+		}
+	}
+	router.topologyChanged()
+	return nil
+}
+
+// sendUnicast sends a message of a channel to dst.
+func (router *Router) sendUnicast(channel string, dst PeerName, msg []byte) error {
+	if dst == router.Ourself.Name {
+		if ch := router.channel(channel); ch != nil && ch.deliver(inboxUnicast, dst, clone(msg)) {
+			return nil
+		}
+		return errQueueFull
+	}
+	c := router.nextHop(dst)
+	if c == nil {
+		return fmt.Errorf("%w %s", ErrNoRoute, dst)
+	}
+	m := gossipMessage{Tag: tagGossipUnicast, Channel: channel, Src: router.Ourself.Name, Dst: dst, Payload: msg}
+	return c.sendMessage(&m, true)
+}
+
+func (router *Router) nextHop(dst PeerName) *LocalConnection {
+	hop, ok := router.Routes.Unicast(dst)
+	if !ok {
+		hop, ok = router.Routes.UnicastAll(dst)
+	}
+	if !ok {
+		return nil
+	}
+	return router.connectionTo(hop)
+}
+
+// forwardUnicast passes on, unchanged, a unicast for another peer.
+func (router *Router) forwardUnicast(m *gossipMessage, body []byte) {
+	c := router.nextHop(m.Dst)
+	if c == nil {
+		router.logOnce("relay", fmt.Sprintf("[gossip %s]: unknown relay destination: %s", m.Channel, m.Dst))
+		return
+	}
+	_ = c.sendRaw(body, false)
+}
+
+func (router *Router) broadcastHops(src PeerName) []*LocalConnection {
+	hops := router.Routes.Broadcast(src)
+	out := make([]*LocalConnection, 0, len(hops))
+	for _, name := range hops {
+		if c := router.connectionTo(name); c != nil {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// relayBroadcast sends data originated by src along src's broadcast tree.
+func (router *Router) relayBroadcast(channel string, src PeerName, data GossipData) {
+	key := gossipKey{tag: tagGossipBroadcast, channel: channel, src: src}
+	for _, c := range router.broadcastHops(src) {
+		c.q.pushGossip(key, data)
+	}
+}
+
+// sendNeighbourSubset gossips data to a random subset of neighbours but
+// except.
+func (router *Router) sendNeighbourSubset(channel string, data GossipData, except PeerName) {
+	key := gossipKey{tag: tagGossip, channel: channel, src: router.Ourself.Name}
+	for _, c := range router.neighbourSubset(except) {
+		c.q.pushGossip(key, data)
+	}
+}
+
+// The Router is the Gossiper of the built-in "topology" channel.
+var _ Gossiper = (*Router)(nil)
+
+// OnGossipUnicast implements Gossiper; topology is never sent by unicast.
+func (router *Router) OnGossipUnicast(sender PeerName, msg []byte) error {
+	return fmt.Errorf("mesh: unexpected topology unicast from %s", sender)
+}
+
+// OnGossipBroadcast implements Gossiper: it merges a topology update and
+// returns what was new.
+func (router *Router) OnGossipBroadcast(_ PeerName, update []byte) (GossipData, error) {
+	return router.OnGossip(update)
+}
+
+// Gossip implements Gossiper: the complete topology.
+func (router *Router) Gossip() GossipData {
+	return newTopologyGossipData(router.Peers, router.Peers.Names())
+}
+
+// OnGossip implements Gossiper: it merges a topology update and returns
+// what was new, or nil.
+func (router *Router) OnGossip(update []byte) (GossipData, error) {
+	updates, err := decodeTopology(update, router.limits)
+	if err != nil {
+		return nil, err
+	}
+	router.Peers.mu.Lock()
+	res := router.Peers.topo.apply(updates)
+	router.Peers.mu.Unlock()
+	if res.ourVersionBumped {
+		res.changed = append(res.changed, router.Ourself.Name)
+	}
+	if len(res.changed) > 0 || res.placeholders > 0 {
+		router.topologyChanged()
+	}
+	if len(res.changed) == 0 {
+		return nil, nil
+	}
+	return newTopologyGossipData(router.Peers, res.changed), nil
+}

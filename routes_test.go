@@ -1,0 +1,168 @@
+package mesh
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+// buildTopology makes the topology seen by peer `us` of a mesh with the
+// given undirected edges, every connection established at both ends.
+func buildTopology(n, us int, edges [][2]int) *topology {
+	adj := make([][]connectionSummary, n)
+	for _, e := range edges {
+		adj[e[0]] = append(adj[e[0]], conn(e[1], true))
+		adj[e[1]] = append(adj[e[1]], conn(e[0], true))
+	}
+	tp := newTopology(&Peer{Name: testPeerName(us), UID: PeerUID(us + 1)}, topologyLimits{MaxPeers: n + 1, MaxConnections: n})
+	tp.setOurConnections(adj[us])
+	var updates []peerUpdate
+	for i := 0; i < n; i++ {
+		if i != us {
+			updates = append(updates, update(i, PeerUID(i+1), 1, adj[i]...))
+		}
+	}
+	tp.apply(updates)
+	return tp
+}
+
+func line(n int) [][2]int {
+	var e [][2]int
+	for i := 0; i+1 < n; i++ {
+		e = append(e, [2]int{i, i + 1})
+	}
+	return e
+}
+
+func TestUnicastRoutesOnLine(t *testing.T) {
+	tp := buildTopology(5, 0, line(5))
+	r := newRoutes(tp)
+	for dst := 1; dst < 5; dst++ {
+		hop, ok := r.Unicast(testPeerName(dst))
+		require.True(t, ok)
+		require.Equal(t, testPeerName(1), hop)
+	}
+	hop, ok := r.Unicast(testPeerName(0))
+	require.True(t, ok)
+	require.Equal(t, UnknownPeerName, hop)
+	_, ok = r.Unicast(testPeerName(42))
+	require.False(t, ok)
+}
+
+func TestUnicastNeedsBothEnds(t *testing.T) {
+	tp := newTestTopology(0)
+	tp.setOurConnections([]connectionSummary{conn(1, true)})
+	// Peer 1 does not report the connection back yet.
+	tp.apply([]peerUpdate{update(1, 11, 1)})
+	r := newRoutes(tp)
+	_, ok := r.Unicast(testPeerName(1))
+	require.False(t, ok)
+	hop, ok := r.UnicastAll(testPeerName(1))
+	require.True(t, ok)
+	require.Equal(t, testPeerName(1), hop)
+	tp.apply([]peerUpdate{update(1, 11, 2, conn(0, true))})
+	require.True(t, r.recalculate(tp))
+	_, ok = r.Unicast(testPeerName(1))
+	require.True(t, ok)
+	require.False(t, r.recalculate(tp), "no change, no callback")
+}
+
+func TestRoutesDeterministicTieBreak(t *testing.T) {
+	// A square 0-1-3 and 0-2-3: two shortest paths to 3; the lower name wins.
+	edges := [][2]int{{0, 1}, {0, 2}, {1, 3}, {2, 3}}
+	for i := 0; i < 10; i++ {
+		r := newRoutes(buildTopology(4, 0, edges))
+		hop, ok := r.Unicast(testPeerName(3))
+		require.True(t, ok)
+		require.Equal(t, testPeerName(1), hop)
+	}
+}
+
+// TestBroadcastTreeDeliversOnce simulates a broadcast from every peer of
+// random meshes, each peer passing it on to Broadcast(src) as computed from
+// its own (identical) view, and checks that every peer gets it exactly once.
+func TestBroadcastTreeDeliversOnce(t *testing.T) {
+	rnd := rand.New(rand.NewPCG(1, 2))
+	for trial := 0; trial < 20; trial++ {
+		n := 2 + rnd.IntN(30)
+		edges := line(n) // connected
+		for k := rnd.IntN(2 * n); k > 0; k-- {
+			a, b := rnd.IntN(n), rnd.IntN(n)
+			if a != b {
+				edges = append(edges, [2]int{a, b})
+			}
+		}
+		routes := make([]*Routes, n)
+		for i := range routes {
+			routes[i] = newRoutes(buildTopology(n, i, edges))
+		}
+		for src := 0; src < n; src++ {
+			got := make([]int, n)
+			queue := []int{src}
+			got[src] = 1
+			for len(queue) > 0 {
+				cur := queue[0]
+				queue = queue[1:]
+				for _, next := range routes[cur].Broadcast(testPeerName(src)) {
+					j := int(next - testPeerName(0))
+					got[j]++
+					queue = append(queue, j)
+				}
+			}
+			for i, c := range got {
+				require.Equal(t, 1, c, "trial %d n=%d src=%d peer %d got the broadcast %d times", trial, n, src, i, c)
+			}
+		}
+	}
+}
+
+func TestRouteOnChangeAndPeerNames(t *testing.T) {
+	tp := buildTopology(3, 0, line(3))
+	r := newRoutes(tp)
+	require.Equal(t, []PeerName{testPeerName(0), testPeerName(1), testPeerName(2)}, r.PeerNames())
+	fired := 0
+	r.OnChange(func() { fired++ })
+	r.fireOnChange()
+	require.Equal(t, 1, fired)
+}
+
+func TestSubsetSize(t *testing.T) {
+	for _, c := range []struct{ n, want int }{{0, 0}, {1, 0}, {2, 2}, {3, 4}, {4, 4}, {5, 6}, {1000, 20}} {
+		require.Equal(t, c.want, subsetSize(c.n), "n=%d", c.n)
+	}
+}
+
+func TestChooseSubset(t *testing.T) {
+	rnd := rand.New(rand.NewPCG(3, 4))
+	cands := []PeerName{1, 2, 3, 4, 5}
+	got := chooseSubset(cands, 3, 2, rnd)
+	require.Len(t, got, 3)
+	require.NotContains(t, got, PeerName(2))
+	require.Equal(t, []PeerName{1, 2, 3, 4, 5}, cands, "input untouched")
+	require.ElementsMatch(t, []PeerName{1, 3, 4, 5}, chooseSubset(cands, 10, 2, rnd))
+}
+
+func benchmarkRoutes(b *testing.B, n int) {
+	rnd := rand.New(rand.NewPCG(5, 6))
+	edges := line(n)
+	for i := 0; i < 3*n; i++ {
+		a, c := rnd.IntN(n), rnd.IntN(n)
+		if a != c {
+			edges = append(edges, [2]int{a, c})
+		}
+	}
+	tp := buildTopology(n, 0, edges)
+	r := newRoutes(tp)
+	b.ReportAllocs()
+	for b.Loop() {
+		r.recalculate(tp)
+	}
+}
+
+func BenchmarkRouteRecalculate(b *testing.B) {
+	for _, n := range []int{100, 1000} {
+		b.Run(fmt.Sprint("peers=", n), func(b *testing.B) { benchmarkRoutes(b, n) })
+	}
+}

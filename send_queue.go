@@ -1,0 +1,182 @@
+package mesh
+
+import (
+	"encoding/binary"
+	"errors"
+	"sync"
+)
+
+// errQueueFull is returned when a message is dropped because the send
+// queue of the next hop is full.
+var errQueueFull = errors.New("mesh: send queue full")
+
+// errConnClosed is returned for messages queued on a connection that has
+// shut down.
+var errConnClosed = errors.New("mesh: connection closed")
+
+// gossipKey identifies data waiting to be sent that can be merged: the
+// same kind of message, on the same channel, from the same originator.
+type gossipKey struct {
+	tag     byte
+	channel string
+	src     PeerName
+}
+
+// sendQueue holds what one connection has to send.
+//
+// Messages with a fixed body (unicasts, relayed frames) are appended to buf,
+// each as a 4-byte length and the body, up to limit bytes. GossipData waiting
+// for the same key is merged, so a slow neighbour gets the union of the
+// updates rather than a backlog of them. Topology is kept as the set of
+// peers whose entries are to be sent, encoded only when the writer is ready.
+//
+// Any goroutine may push; only the connection's writer takes.
+type sendQueue struct {
+	mu       sync.Mutex
+	buf      []byte
+	count    int
+	limit    int
+	topoFull bool
+	topo     map[PeerName]struct{}
+	gossip   map[gossipKey]GossipData
+	order    []gossipKey
+	closed   bool
+	// spaceWait is non-nil while a sender waits for room in buf; the
+	// writer closes it after taking what is queued.
+	spaceWait chan struct{}
+	dropped   uint64
+
+	// wake has room for one token: the writer's wake-up call.
+	wake chan struct{}
+}
+
+func newSendQueue(limit int) *sendQueue {
+	return &sendQueue{limit: limit, wake: make(chan struct{}, 1)}
+}
+
+func (q *sendQueue) signal() {
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+}
+
+// reserve makes room for a body of n bytes, returning the offset of its
+// length prefix; the caller holds mu and then appends the body to q.buf
+// and calls finish. ok is false when the queue is full (an empty queue
+// always takes a message, whatever its size).
+func (q *sendQueue) reserve(n int) (off int, ok bool) {
+	if len(q.buf) > 0 && len(q.buf)+4+n > q.limit {
+		return 0, false
+	}
+	off = len(q.buf)
+	q.buf = append(q.buf, 0, 0, 0, 0)
+	return off, true
+}
+
+func (q *sendQueue) finish(off int) {
+	binary.BigEndian.PutUint32(q.buf[off:], uint32(len(q.buf)-off-4))
+	q.count++
+}
+
+// pushTopology asks for the entries of names to be sent (all peers when
+// full is set).
+func (q *sendQueue) pushTopology(names []PeerName, full bool) {
+	q.mu.Lock()
+	if q.closed {
+		q.mu.Unlock()
+		return
+	}
+	if full {
+		q.topoFull = true
+		q.topo = nil
+	} else if !q.topoFull {
+		if q.topo == nil {
+			q.topo = make(map[PeerName]struct{}, len(names))
+		}
+		for _, n := range names {
+			q.topo[n] = struct{}{}
+		}
+	}
+	q.mu.Unlock()
+	q.signal()
+}
+
+// pushGossip queues data, merging it into what waits under the same key.
+func (q *sendQueue) pushGossip(key gossipKey, data GossipData) {
+	q.mu.Lock()
+	if q.closed {
+		q.mu.Unlock()
+		return
+	}
+	if q.gossip == nil {
+		q.gossip = make(map[gossipKey]GossipData)
+	}
+	if pending, ok := q.gossip[key]; ok {
+		q.gossip[key] = pending.Merge(data)
+	} else {
+		q.gossip[key] = data
+		q.order = append(q.order, key)
+	}
+	q.mu.Unlock()
+	q.signal()
+}
+
+// sendBatch is what the writer takes from the queue in one go.
+type sendBatch struct {
+	buf      []byte
+	count    int
+	topoFull bool
+	topo     []PeerName
+	gossip   []GossipData
+	keys     []gossipKey
+}
+
+// take moves everything queued into b, reusing b's buffers. Topology is
+// taken only when withTopology is set; hasTopology tells whether some is
+// still waiting.
+func (q *sendQueue) take(b *sendBatch, withTopology bool) (hasTopology bool) {
+	q.mu.Lock()
+	b.buf, q.buf = q.buf, b.buf[:0]
+	b.count, q.count = q.count, 0
+	b.topoFull = false
+	b.topo = b.topo[:0]
+	if withTopology {
+		b.topoFull = q.topoFull
+		for n := range q.topo {
+			b.topo = append(b.topo, n)
+		}
+		q.topoFull = false
+		clear(q.topo)
+	}
+	hasTopology = q.topoFull || len(q.topo) > 0
+	b.keys = b.keys[:0]
+	b.gossip = b.gossip[:0]
+	for _, k := range q.order {
+		b.keys = append(b.keys, k)
+		b.gossip = append(b.gossip, q.gossip[k])
+		delete(q.gossip, k)
+	}
+	q.order = q.order[:0]
+	if q.spaceWait != nil {
+		close(q.spaceWait)
+		q.spaceWait = nil
+	}
+	q.mu.Unlock()
+	return hasTopology
+}
+
+// close drops everything queued and wakes any waiting sender.
+func (q *sendQueue) close() {
+	q.mu.Lock()
+	q.closed = true
+	q.buf = nil
+	q.topo = nil
+	q.gossip = nil
+	q.order = nil
+	if q.spaceWait != nil {
+		close(q.spaceWait)
+		q.spaceWait = nil
+	}
+	q.mu.Unlock()
+}

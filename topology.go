@@ -1,0 +1,302 @@
+package mesh
+
+import (
+	"math"
+
+	"github.com/google/btree"
+)
+
+// topology is the decision logic for what this router knows about the mesh:
+// the table of peers and their connections, the merge of updates received
+// from other peers, and the removal of peers nothing reaches any more.
+//
+// It does no I/O and reads no clock (times are passed in), so tests can
+// drive it deterministically. It is not safe for concurrent use: Peers
+// guards it with a lock.
+type topology struct {
+	ourName PeerName
+	ourUID  PeerUID
+	peers   *btree.BTreeG[*Peer]
+	limits  topologyLimits
+
+	// unreachableSince records when (in the caller's clock, nanoseconds) a
+	// peer was first seen unreachable; gc removes it after a grace period.
+	unreachableSince map[PeerName]int64
+	// tombstones remember the incarnation and version of peers removed as
+	// unreachable, so that stale copies still circulating in other peers'
+	// gossip are not learned again. Bounded: the oldest are forgotten first.
+	tombstones     map[PeerName]tombstone
+	tombstoneOrder []tombstoneRef
+	tombstoneSeq   uint64
+}
+
+type tombstone struct {
+	uid     PeerUID
+	version uint64
+	seq     uint64
+}
+
+type tombstoneRef struct {
+	name PeerName
+	seq  uint64
+}
+
+// maxTombstones bounds the memory used to remember removed peers.
+const maxTombstones = 4096
+
+func peerLess(a, b *Peer) bool { return a.Name < b.Name }
+
+func newTopology(ourself *Peer, limits topologyLimits) *topology {
+	t := &topology{
+		ourName:          ourself.Name,
+		ourUID:           ourself.UID,
+		peers:            btree.NewG(16, peerLess),
+		limits:           limits,
+		unreachableSince: make(map[PeerName]int64),
+		tombstones:       make(map[PeerName]tombstone),
+	}
+	t.peers.ReplaceOrInsert(ourself)
+	return t
+}
+
+// get returns the peer with the given name, or nil.
+func (t *topology) get(name PeerName) *Peer {
+	p, _ := t.peers.Get(&Peer{Name: name})
+	return p
+}
+
+// ourself returns our own current entry.
+func (t *topology) ourself() *Peer { return t.get(t.ourName) }
+
+// len returns the number of known peers, ourselves included.
+func (t *topology) len() int { return t.peers.Len() }
+
+// ascend calls f for every peer in name order until f returns false.
+func (t *topology) ascend(f func(*Peer) bool) { t.peers.Ascend(f) }
+
+// setOurConnections replaces our own connection list and bumps our version.
+func (t *topology) setOurConnections(conns []connectionSummary) *Peer {
+	old := t.ourself()
+	p := *old
+	p.conns = sortConnections(conns)
+	p.Version = bumpVersion(old.Version)
+	t.peers.ReplaceOrInsert(&p)
+	return &p
+}
+
+func bumpVersion(v uint64) uint64 {
+	if v == math.MaxUint64 {
+		return v
+	}
+	return v + 1
+}
+
+// addPeerIfUnknown records a peer learnt from a connection handshake, so it
+// has an entry before its own topology arrives. It returns the entry in
+// force and whether it was added.
+func (t *topology) addPeerIfUnknown(s peerSummary) (*Peer, bool) {
+	if p := t.get(s.Name); p != nil {
+		if !p.isPlaceholder() {
+			return p, false
+		}
+		if !s.newerThan(p) {
+			return p, false
+		}
+	} else if t.limits.MaxPeers > 0 && t.peers.Len() >= t.limits.MaxPeers {
+		return nil, false
+	}
+	p := &Peer{Name: s.Name, NickName: s.NickName, UID: s.UID, Version: s.Version, ShortID: s.ShortID, HasShortID: s.HasShortID}
+	t.peers.ReplaceOrInsert(p)
+	t.forgetTombstone(s.Name)
+	return p, true
+}
+
+// mergeResult says what an update changed.
+type mergeResult struct {
+	// changed lists the peers whose entries were added or replaced, in the
+	// order of the update. These are what is relayed onwards.
+	changed []PeerName
+	// ourVersionBumped is set when the update held an entry for our own
+	// name from another incarnation, so we raised our version above it and
+	// must advertise ourselves again.
+	ourVersionBumped bool
+	// placeholders counts peers added only because a connection names them.
+	placeholders int
+}
+
+// apply merges an update received from another peer.
+func (t *topology) apply(updates []peerUpdate) mergeResult {
+	var res mergeResult
+	for i := range updates {
+		u := &updates[i]
+		if u.Name == t.ourName {
+			if u.UID != t.ourUID || u.Version > t.ourself().Version {
+				if t.bumpOurselfAbove(u.Version) {
+					res.ourVersionBumped = true
+				}
+			}
+			continue
+		}
+		if u.UID == 0 {
+			// A placeholder only tells us the name exists.
+			if t.get(u.Name) == nil && t.addPlaceholder(u.Name) {
+				res.placeholders++
+			}
+			continue
+		}
+		existing := t.get(u.Name)
+		if existing == nil {
+			if ts, ok := t.tombstones[u.Name]; ok && ts.uid == u.UID && u.Version <= ts.version {
+				continue // a stale copy of a peer we removed
+			}
+			if t.limits.MaxPeers > 0 && t.peers.Len() >= t.limits.MaxPeers {
+				continue
+			}
+		} else if !u.newerThan(existing) {
+			continue
+		}
+		conns := make([]connectionSummary, len(u.Connections))
+		copy(conns, u.Connections)
+		p := &Peer{
+			Name: u.Name, NickName: u.NickName, UID: u.UID, Version: u.Version,
+			ShortID: u.ShortID, HasShortID: u.HasShortID,
+			conns: sortConnections(conns),
+		}
+		t.peers.ReplaceOrInsert(p)
+		t.forgetTombstone(u.Name)
+		res.changed = append(res.changed, u.Name)
+		for _, c := range p.conns {
+			if c.Name != t.ourName && t.get(c.Name) == nil && t.addPlaceholder(c.Name) {
+				res.placeholders++
+			}
+		}
+	}
+	return res
+}
+
+func (t *topology) addPlaceholder(name PeerName) bool {
+	if t.limits.MaxPeers > 0 && t.peers.Len() >= t.limits.MaxPeers {
+		return false
+	}
+	t.peers.ReplaceOrInsert(&Peer{Name: name})
+	return true
+}
+
+// bumpOurselfAbove raises our version above v, if it is not already.
+func (t *topology) bumpOurselfAbove(v uint64) bool {
+	old := t.ourself()
+	if old.Version > v || v == math.MaxUint64 {
+		return false
+	}
+	p := *old
+	p.Version = v + 1
+	t.peers.ReplaceOrInsert(&p)
+	return true
+}
+
+func (t *topology) forgetTombstone(name PeerName) {
+	delete(t.tombstones, name)
+}
+
+func (t *topology) addTombstone(p *Peer) {
+	t.tombstoneSeq++
+	t.tombstones[p.Name] = tombstone{uid: p.UID, version: p.Version, seq: t.tombstoneSeq}
+	t.tombstoneOrder = append(t.tombstoneOrder, tombstoneRef{name: p.Name, seq: t.tombstoneSeq})
+	for len(t.tombstones) > maxTombstones && len(t.tombstoneOrder) > 0 {
+		ref := t.tombstoneOrder[0]
+		t.tombstoneOrder = t.tombstoneOrder[1:]
+		if ts, ok := t.tombstones[ref.name]; ok && ts.seq == ref.seq {
+			delete(t.tombstones, ref.name)
+		}
+	}
+	if len(t.tombstoneOrder) > 2*maxTombstones {
+		// Drop references to tombstones that were forgotten or renewed.
+		live := t.tombstoneOrder[:0]
+		for _, ref := range t.tombstoneOrder {
+			if ts, ok := t.tombstones[ref.name]; ok && ts.seq == ref.seq {
+				live = append(live, ref)
+			}
+		}
+		t.tombstoneOrder = live
+	}
+}
+
+// reachable returns the set of peers reachable from us over every known
+// connection, as each peer reports its own connections.
+func (t *topology) reachable() map[PeerName]struct{} {
+	seen := make(map[PeerName]struct{}, t.peers.Len())
+	seen[t.ourName] = struct{}{}
+	queue := []PeerName{t.ourName}
+	for len(queue) > 0 {
+		p := t.get(queue[0])
+		queue = queue[1:]
+		if p == nil {
+			continue
+		}
+		for _, c := range p.conns {
+			if _, ok := seen[c.Name]; ok {
+				continue
+			}
+			seen[c.Name] = struct{}{}
+			queue = append(queue, c.Name)
+		}
+	}
+	return seen
+}
+
+// gc removes the peers that have been unreachable for at least grace
+// (times in nanoseconds of the caller's clock) and returns them. A peer
+// that becomes reachable again before that is kept.
+func (t *topology) gc(now, grace int64) []*Peer {
+	reach := t.reachable()
+	var removed []*Peer
+	var unreachable []*Peer
+	t.peers.Ascend(func(p *Peer) bool {
+		if _, ok := reach[p.Name]; !ok {
+			unreachable = append(unreachable, p)
+		}
+		return true
+	})
+	for name := range t.unreachableSince {
+		if _, ok := reach[name]; ok {
+			delete(t.unreachableSince, name)
+		}
+	}
+	for _, p := range unreachable {
+		since, ok := t.unreachableSince[p.Name]
+		if !ok {
+			t.unreachableSince[p.Name] = now
+			since = now
+		}
+		if now-since >= grace {
+			t.peers.Delete(p)
+			delete(t.unreachableSince, p.Name)
+			if !p.isPlaceholder() {
+				t.addTombstone(p)
+			}
+			removed = append(removed, p)
+		}
+	}
+	return removed
+}
+
+// pendingGC reports whether some peer is waiting to be removed.
+func (t *topology) pendingGC() bool { return len(t.unreachableSince) > 0 }
+
+// updatesFor returns the entries of the named peers (all peers when names
+// is nil), for encoding. Unknown names are skipped.
+func (t *topology) updatesFor(names []PeerName, dst []peerUpdate) []peerUpdate {
+	add := func(p *Peer) {
+		dst = append(dst, peerUpdate{peerSummary: p.summary(), Connections: p.conns})
+	}
+	if names == nil {
+		t.peers.Ascend(func(p *Peer) bool { add(p); return true })
+		return dst
+	}
+	for _, n := range names {
+		if p := t.get(n); p != nil {
+			add(p)
+		}
+	}
+	return dst
+}

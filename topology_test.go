@@ -1,0 +1,179 @@
+package mesh
+
+import (
+	"fmt"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+// testPeerName returns a deterministic name for peer number i.
+func testPeerName(i int) PeerName { return PeerName(0x020000000000 + uint64(i)) }
+
+func conn(to int, established bool) connectionSummary {
+	return connectionSummary{Name: testPeerName(to), RemoteTCPAddr: fmt.Sprintf("127.0.0.1:%d", 7000+to), Established: established}
+}
+
+func update(i int, uid PeerUID, version uint64, conns ...connectionSummary) peerUpdate {
+	return peerUpdate{
+		peerSummary: peerSummary{Name: testPeerName(i), NickName: fmt.Sprint("p", i), UID: uid, Version: version},
+		Connections: conns,
+	}
+}
+
+func newTestTopology(ourIndex int) *topology {
+	return newTopology(&Peer{Name: testPeerName(ourIndex), NickName: "us", UID: 1000 + PeerUID(ourIndex)}, topologyLimits{MaxPeers: 1000, MaxConnections: 100})
+}
+
+func TestTopologyMergeRules(t *testing.T) {
+	tp := newTestTopology(0)
+	res := tp.apply([]peerUpdate{update(1, 11, 3, conn(0, true), conn(2, true))})
+	require.Equal(t, []PeerName{testPeerName(1)}, res.changed)
+	require.Equal(t, 1, res.placeholders, "peer 2 is known only through peer 1's connection")
+	require.True(t, tp.get(testPeerName(2)).isPlaceholder())
+
+	t.Run("older version ignored", func(t *testing.T) {
+		res := tp.apply([]peerUpdate{update(1, 11, 2)})
+		require.Empty(t, res.changed)
+		require.Len(t, tp.get(testPeerName(1)).conns, 2)
+	})
+	t.Run("same version lower uid ignored", func(t *testing.T) {
+		res := tp.apply([]peerUpdate{update(1, 10, 3)})
+		require.Empty(t, res.changed)
+	})
+	t.Run("same version higher uid wins", func(t *testing.T) {
+		res := tp.apply([]peerUpdate{update(1, 12, 3, conn(0, true))})
+		require.Equal(t, []PeerName{testPeerName(1)}, res.changed)
+		require.Equal(t, PeerUID(12), tp.get(testPeerName(1)).UID)
+	})
+	t.Run("short id breaks the last tie", func(t *testing.T) {
+		u := update(1, 12, 3, conn(0, true))
+		u.HasShortID, u.ShortID = true, 7
+		res := tp.apply([]peerUpdate{u})
+		require.Equal(t, []PeerName{testPeerName(1)}, res.changed)
+		res = tp.apply([]peerUpdate{update(1, 12, 3)})
+		require.Empty(t, res.changed)
+	})
+	t.Run("connection list replaced whole and sorted", func(t *testing.T) {
+		res := tp.apply([]peerUpdate{update(1, 12, 9, conn(5, true), conn(0, true), conn(5, false))})
+		require.Len(t, res.changed, 1)
+		p := tp.get(testPeerName(1))
+		require.Equal(t, []PeerName{testPeerName(0), testPeerName(5)}, []PeerName{p.conns[0].Name, p.conns[1].Name})
+	})
+	t.Run("placeholder does not override", func(t *testing.T) {
+		res := tp.apply([]peerUpdate{{peerSummary: peerSummary{Name: testPeerName(1)}}})
+		require.Empty(t, res.changed)
+		require.Equal(t, PeerUID(12), tp.get(testPeerName(1)).UID)
+	})
+	t.Run("real entry replaces placeholder", func(t *testing.T) {
+		res := tp.apply([]peerUpdate{update(2, 22, 1)})
+		require.Equal(t, []PeerName{testPeerName(2)}, res.changed)
+	})
+}
+
+func TestTopologyOldIncarnationOfOurselves(t *testing.T) {
+	tp := newTestTopology(0)
+	before := tp.ourself().Version
+	res := tp.apply([]peerUpdate{update(0, 1, 100)})
+	require.True(t, res.ourVersionBumped)
+	require.Equal(t, uint64(101), tp.ourself().Version)
+	require.Equal(t, PeerUID(1000), tp.ourself().UID, "our UID never changes")
+	require.Less(t, before, tp.ourself().Version)
+	// An entry of our own incarnation that is not newer changes nothing.
+	res = tp.apply([]peerUpdate{update(0, 1000, 5)})
+	require.False(t, res.ourVersionBumped)
+}
+
+func TestTopologyRestartedPeerRelearned(t *testing.T) {
+	tp := newTestTopology(0)
+	tp.setOurConnections([]connectionSummary{conn(1, true)})
+	tp.apply([]peerUpdate{update(1, 11, 50, conn(0, true))})
+	// The new incarnation starts at a low version: it loses until it has
+	// raised its version above the old one, which it does when it hears
+	// of it.
+	res := tp.apply([]peerUpdate{update(1, 99, 2, conn(0, true))})
+	require.Empty(t, res.changed)
+	res = tp.apply([]peerUpdate{update(1, 99, 51, conn(0, true))})
+	require.Equal(t, []PeerName{testPeerName(1)}, res.changed)
+	require.Equal(t, PeerUID(99), tp.get(testPeerName(1)).UID)
+}
+
+func TestTopologyGC(t *testing.T) {
+	tp := newTestTopology(0)
+	tp.setOurConnections([]connectionSummary{conn(1, true)})
+	tp.apply([]peerUpdate{
+		update(1, 11, 1, conn(0, true), conn(2, true)),
+		update(2, 22, 1, conn(1, true)),
+	})
+	require.Empty(t, tp.gc(0, 10))
+	require.Equal(t, 3, tp.len())
+
+	// Peer 1 drops its connection to 2: 2 becomes unreachable even though
+	// its own stale entry still lists 1.
+	tp.apply([]peerUpdate{update(1, 11, 2, conn(0, true))})
+	require.Empty(t, tp.gc(100, 10), "kept during the grace period")
+	require.True(t, tp.pendingGC())
+	removed := tp.gc(110, 10)
+	require.Len(t, removed, 1)
+	require.Equal(t, testPeerName(2), removed[0].Name)
+	require.Nil(t, tp.get(testPeerName(2)))
+
+	t.Run("stale copy is not learnt again", func(t *testing.T) {
+		res := tp.apply([]peerUpdate{update(2, 22, 1, conn(1, true))})
+		require.Empty(t, res.changed)
+		require.Nil(t, tp.get(testPeerName(2)))
+	})
+	t.Run("newer version of the removed peer is learnt", func(t *testing.T) {
+		res := tp.apply([]peerUpdate{update(2, 22, 3, conn(1, true))})
+		require.Equal(t, []PeerName{testPeerName(2)}, res.changed)
+	})
+	t.Run("new incarnation is learnt", func(t *testing.T) {
+		tp.gc(200, 10)
+		tp.gc(300, 10)
+		require.Nil(t, tp.get(testPeerName(2)))
+		res := tp.apply([]peerUpdate{update(2, 23, 1, conn(1, true))})
+		require.Equal(t, []PeerName{testPeerName(2)}, res.changed)
+	})
+	t.Run("reachable again before the grace ends", func(t *testing.T) {
+		tp := newTestTopology(0)
+		tp.setOurConnections([]connectionSummary{conn(1, true)})
+		tp.apply([]peerUpdate{update(1, 11, 1, conn(0, true)), update(2, 22, 1, conn(1, true))})
+		require.Empty(t, tp.gc(0, 10))
+		tp.apply([]peerUpdate{update(1, 11, 2, conn(0, true), conn(2, true))})
+		require.Empty(t, tp.gc(20, 10))
+		require.False(t, tp.pendingGC())
+		require.NotNil(t, tp.get(testPeerName(2)))
+	})
+}
+
+func TestTopologyLimits(t *testing.T) {
+	tp := newTopology(&Peer{Name: testPeerName(0), UID: 1}, topologyLimits{MaxPeers: 3, MaxConnections: 10})
+	res := tp.apply([]peerUpdate{update(1, 1, 1), update(2, 1, 1), update(3, 1, 1), update(4, 1, 1, conn(9, true))})
+	require.Len(t, res.changed, 2)
+	require.Equal(t, 3, tp.len())
+}
+
+func TestTombstonesBounded(t *testing.T) {
+	tp := newTestTopology(0)
+	for i := 0; i < 3*maxTombstones; i++ {
+		tp.addTombstone(&Peer{Name: testPeerName(i % (maxTombstones + 10)), UID: PeerUID(i + 1), Version: 1})
+	}
+	require.LessOrEqual(t, len(tp.tombstones), maxTombstones)
+	require.LessOrEqual(t, len(tp.tombstoneOrder), 2*maxTombstones+1)
+}
+
+func TestUpdatesForEncodesCurrentEntries(t *testing.T) {
+	tp := newTestTopology(0)
+	tp.apply([]peerUpdate{update(1, 11, 1, conn(0, true))})
+	all := tp.updatesFor(nil, nil)
+	require.Len(t, all, 2)
+	some := tp.updatesFor([]PeerName{testPeerName(1), testPeerName(42)}, nil)
+	require.Len(t, some, 1)
+	require.Equal(t, PeerUID(11), some[0].UID)
+	// Encoding and decoding gives back the same entries.
+	decoded, err := decodeTopology(appendTopology(nil, all), topologyLimits{MaxPeers: 10, MaxConnections: 10})
+	require.NoError(t, err)
+	require.Len(t, decoded, 2)
+	require.Equal(t, all[1].peerSummary, decoded[1].peerSummary)
+	require.Equal(t, all[1].Connections, decoded[1].Connections)
+}
