@@ -398,7 +398,12 @@ func (c *LocalConnection) writeLoop() {
 			n := binary.BigEndian.Uint32(buf)
 			body := buf[4 : 4+n]
 			buf = buf[4+n:]
-			out, err = c.appendFrame(out, body)
+			if out, err = c.appendFrame(out, body); err == nil && len(out) >= writeChunk {
+				if err = c.write(out, now); err == nil {
+					wrote = true
+				}
+				out = out[:0]
+			}
 		}
 		for i := 0; err == nil && i < len(batch.keys); i++ {
 			k := batch.keys[i]
@@ -422,11 +427,7 @@ func (c *LocalConnection) writeLoop() {
 		if len(out) == 0 {
 			continue
 		}
-		if err := c.conn.SetWriteDeadline(now.Add(r.writeTimeout)); err != nil {
-			c.shutdown(err)
-			return
-		}
-		if _, err := c.conn.Write(out); err != nil {
+		if err := c.write(out, now); err != nil {
 			c.shutdown(err)
 			return
 		}
@@ -440,8 +441,23 @@ func (c *LocalConnection) writeLoop() {
 	}
 }
 
-// maxRetainedBuffer is the largest buffer a writer keeps between batches.
-const maxRetainedBuffer = 1 << 20
+// write sends out with a deadline, so that a peer that stops reading is
+// dropped rather than blocking the writer for ever.
+func (c *LocalConnection) write(out []byte, now time.Time) error {
+	if err := c.conn.SetWriteDeadline(now.Add(c.router.writeTimeout)); err != nil {
+		return err
+	}
+	_, err := c.conn.Write(out)
+	return err
+}
+
+// writeChunk is how much the writer gathers before a write system call.
+const writeChunk = 256 << 10
+
+// maxRetainedBuffer is the largest buffer a writer keeps between batches;
+// it is larger than the default send queue, so steady traffic reuses its
+// buffers.
+const maxRetainedBuffer = 2 << 20
 
 // appendFrame adds one frame to out. A message too large for a frame is
 // dropped and logged; the connection goes on.

@@ -51,6 +51,10 @@ type target struct {
 	attempts  int
 	tryAfter  time.Time
 	lastError error
+	// peer is the peer this address led to last time, if known: while we
+	// are connected to that peer, by whichever connection, the address is
+	// not dialled.
+	peer PeerName
 }
 
 // ConnectionMaker dials the peers this router should be connected to and
@@ -252,10 +256,12 @@ func (cm *ConnectionMaker) launchDue(now time.Time) time.Time {
 	r := cm.router
 	r.mu.RLock()
 	connected := make(map[string]bool, len(r.conns))
+	connectedPeers := make(map[PeerName]bool, len(r.conns))
 	for _, c := range r.conns {
 		if c.outbound {
 			connected[c.remoteTCPAddr] = true
 		}
+		connectedPeers[c.remoteName] = true
 	}
 	nconns := len(r.conns)
 	r.mu.RUnlock()
@@ -271,7 +277,7 @@ func (cm *ConnectionMaker) launchDue(now time.Time) time.Time {
 	var due []*target
 	var next time.Time
 	for _, t := range cm.targets {
-		if t.state != targetWaiting || connected[t.addr] {
+		if t.state != targetWaiting || connected[t.addr] || (t.peer != UnknownPeerName && connectedPeers[t.peer]) {
 			continue
 		}
 		if t.tryAfter.After(now) {
@@ -334,16 +340,22 @@ func (cm *ConnectionMaker) dial(t *target) {
 }
 
 // connected is called when a connection to a target is registered.
-func (cm *ConnectionMaker) connected(t *target) {
+func (cm *ConnectionMaker) connected(t *target, peer PeerName) {
 	cm.mu.Lock()
 	t.state = targetConnected
 	t.lastError = nil
+	t.peer = peer
 	cm.mu.Unlock()
 }
 
 // connectionEnded is called when a connection to a target ends, whether
 // its handshake failed or it ran for a while.
 func (cm *ConnectionMaker) connectionEnded(c *LocalConnection, err error) {
+	if c.remoteName != UnknownPeerName && errors.Is(err, ErrDuplicateConnection) {
+		cm.mu.Lock()
+		c.target.peer = c.remoteName
+		cm.mu.Unlock()
+	}
 	cm.attemptEnded(c.target, c.started, err)
 }
 

@@ -60,8 +60,12 @@ type GossipData interface {
 // topologyChannel is the name of the built-in channel carrying topology.
 const topologyChannel = "topology"
 
-// inboxLimit bounds the messages waiting for one channel's Gossiper.
-const inboxLimit = 4096
+// Bounds of the messages waiting for one channel's Gossiper: a count, and
+// the bytes of their payloads.
+const (
+	inboxLimit      = 16384
+	inboxBytesLimit = 16 << 20
+)
 
 type inboxKind uint8
 
@@ -89,6 +93,7 @@ type gossipChannel struct {
 	mu      sync.Mutex
 	items   []inboxItem
 	spare   []inboxItem
+	bytes   int
 	wake    chan struct{}
 	dropped uint64
 }
@@ -101,12 +106,13 @@ func newGossipChannel(name string, r *Router, g Gossiper) *gossipChannel {
 // false when the queue was full and the message was dropped.
 func (c *gossipChannel) deliver(kind inboxKind, src PeerName, msg []byte) bool {
 	c.mu.Lock()
-	if len(c.items) >= inboxLimit {
+	if len(c.items) >= inboxLimit || (c.bytes+len(msg) > inboxBytesLimit && len(c.items) > 0) {
 		c.dropped++
 		c.mu.Unlock()
 		return false
 	}
 	c.items = append(c.items, inboxItem{kind: kind, src: src, msg: msg})
+	c.bytes += len(msg)
 	c.mu.Unlock()
 	select {
 	case c.wake <- struct{}{}:
@@ -126,6 +132,7 @@ func (c *gossipChannel) run(stop <-chan struct{}) {
 		c.mu.Lock()
 		batch := c.items
 		c.items = c.spare[:0]
+		c.bytes = 0
 		c.mu.Unlock()
 		for i := range batch {
 			select {

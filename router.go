@@ -66,7 +66,7 @@ type Config struct {
 // More defaults.
 const (
 	// DefaultSendQueueBytes is the default bound of a connection's queue.
-	DefaultSendQueueBytes = 4 << 20
+	DefaultSendQueueBytes = 1 << 20
 	// DefaultMaxPeers is the default bound of the topology.
 	DefaultMaxPeers = 100000
 	// maxConnectionsPerPeer bounds the connections one peer may report.
@@ -455,20 +455,20 @@ func (router *Router) addConnection(c *LocalConnection) error {
 		router.mu.Unlock()
 		return ErrStopped
 	}
+	// Both ends compute the same XOR of the two connection IDs, so they
+	// agree on which of two connections between them survives: the lower.
+	var replaced *LocalConnection
 	if old, ok := router.conns[c.remoteName]; ok {
 		nx, ox := c.xorConnID(), old.xorConnID()
-		switch {
-		case nx > ox:
+		if nx >= ox {
 			router.mu.Unlock()
-			return fmt.Errorf("%w %s added to %s", ErrDuplicateConnection, c.Remote(), router.Ourself)
-		case nx == ox:
-			router.mu.Unlock()
-			old.shutdown(ErrDuplicateConnection)
+			if nx == ox {
+				old.shutdown(ErrDuplicateConnection)
+			}
 			return fmt.Errorf("%w %s added to %s", ErrDuplicateConnection, c.Remote(), router.Ourself)
 		}
-		// The new connection wins: the old one ends and leaves us.
 		delete(router.conns, c.remoteName)
-		go old.shutdown(ErrDuplicateConnection)
+		replaced = old
 	} else if len(router.conns) >= router.ConnLimit {
 		router.mu.Unlock()
 		return fmt.Errorf("%w (limit %d)", ErrConnLimit, router.ConnLimit)
@@ -482,6 +482,9 @@ func (router *Router) addConnection(c *LocalConnection) error {
 	router.Peers.mu.Unlock()
 	others := router.otherConnections(c)
 	router.mu.Unlock()
+	if replaced != nil {
+		replaced.shutdown(ErrDuplicateConnection)
+	}
 
 	if !established && c.overlayConn != nil {
 		router.wg.Add(1)
@@ -499,7 +502,7 @@ func (router *Router) addConnection(c *LocalConnection) error {
 		o.q.pushTopology(changed, false)
 	}
 	if c.target != nil {
-		router.ConnectionMaker.connected(c.target)
+		router.ConnectionMaker.connected(c.target, c.remoteName)
 	}
 	router.logf("%s: connection added", c)
 	router.topologyChanged()
@@ -541,6 +544,7 @@ func (router *Router) removeConnection(c *LocalConnection) {
 	delete(router.conns, c.remoteName)
 	router.mu.Unlock()
 	router.ourConnectionsChanged(nil)
+	router.ConnectionMaker.signal()
 	router.logf("%s: connection deleted", c)
 }
 

@@ -1,0 +1,87 @@
+package mesh
+
+import (
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+func TestNormaliseAddress(t *testing.T) {
+	for _, c := range []struct{ in, want string }{
+		{"10.0.0.1:7000", "10.0.0.1:7000"},
+		{"10.0.0.1", "10.0.0.1:6783"},
+		{"host.example", "host.example:6783"},
+		{"[::1]:80", "[::1]:80"},
+		{"::1", "[::1]:6783"},
+	} {
+		got, err := normaliseAddress(c.in)
+		require.NoError(t, err, c.in)
+		require.Equal(t, c.want, got)
+	}
+	for _, bad := range []string{"", ":80", "host:0", "host:99999", "host:x", "[::1"} {
+		_, err := normaliseAddress(bad)
+		require.Error(t, err, bad)
+	}
+}
+
+func newTestRouter(t *testing.T) *Router {
+	r, err := NewRouter(Config{Host: "127.0.0.1"}, testPeerName(1), "test", nil, nil)
+	require.NoError(t, err)
+	return r
+}
+
+func TestBackoffGrowsWithJitterAndCap(t *testing.T) {
+	cm := newTestRouter(t).ConnectionMaker
+	prevMax := time.Duration(0)
+	for n := 1; n < 30; n++ {
+		for i := 0; i < 50; i++ {
+			d := cm.backoff(n)
+			base := min(initialRetryDelay<<min(n-1, 20), maxRetryDelay)
+			require.GreaterOrEqual(t, d, base*3/4, "attempt %d", n)
+			require.LessOrEqual(t, d, base*5/4, "attempt %d", n)
+			prevMax = max(prevMax, d)
+		}
+	}
+	require.LessOrEqual(t, prevMax, maxRetryDelay*5/4)
+}
+
+func TestTargetsLifecycle(t *testing.T) {
+	cm := newTestRouter(t).ConnectionMaker
+	errs := cm.InitiateConnections([]string{"a.example:1", "b.example", "bad:port:x"}, false)
+	require.Len(t, errs, 1)
+	require.Equal(t, []string{"a.example:1", "b.example:6783"}, cm.Targets(false))
+	cm.InitiateConnections([]string{"c.example:3"}, true)
+	require.Equal(t, []string{"c.example:3"}, cm.Targets(false))
+	cm.ForgetConnections([]string{"c.example:3"})
+	require.Empty(t, cm.Targets(false))
+}
+
+func TestAttemptEndedPolicy(t *testing.T) {
+	cm := newTestRouter(t).ConnectionMaker
+	cm.InitiateConnections([]string{"a.example:1"}, false)
+	tg := cm.targets["a.example:1"]
+
+	tg.state, tg.attempts = targetAttempting, 3
+	cm.attemptEnded(tg, time.Time{}, errors.New("refused"))
+	require.Equal(t, targetWaiting, tg.state)
+	require.Equal(t, 3, tg.attempts)
+	require.True(t, tg.tryAfter.After(time.Now()))
+
+	// A long-lived connection resets the backoff.
+	tg.state = targetConnected
+	cm.attemptEnded(tg, time.Now().Add(-2*longLivedConnection), errors.New("reset"))
+	require.Equal(t, 0, tg.attempts)
+
+	// Ourselves and name collisions are never retried.
+	for _, err := range []error{ErrConnectToSelf, ErrNameCollision} {
+		tg.state = targetAttempting
+		cm.attemptEnded(tg, time.Time{}, err)
+		require.Equal(t, targetGivenUp, tg.state)
+		require.True(t, cm.launchDue(time.Now().Add(time.Hour)).IsZero(), "nothing to dial")
+	}
+	// Asking again revives it.
+	cm.InitiateConnections([]string{"a.example:1"}, false)
+	require.Equal(t, targetWaiting, tg.state)
+}
