@@ -181,6 +181,7 @@ func (c *LocalConnection) handshake() error {
 		Outbound:     c.outbound,
 		Password:     r.Password,
 		MinVersion:   r.ProtocolMinVersion,
+		MaxVersion:   r.maxVersion,
 		Features:     ours.featuresMap(extra),
 		MaxFrameSize: r.maxFrameSize,
 		Timeout:      r.handshakeTimeout,
@@ -354,7 +355,6 @@ func (c *LocalConnection) writeLoop() {
 		out        []byte
 		scratch    []byte
 		lastTopo   time.Time
-		wrote      bool
 		needBeat   bool
 		timerArmed bool
 	)
@@ -366,10 +366,9 @@ func (c *LocalConnection) writeLoop() {
 		case <-topoTimer.C:
 			timerArmed = false
 		case <-heartbeat.C:
-			if !wrote {
-				needBeat = true
-			}
-			wrote = false
+			// Every interval, busy or not, as weave does: the remote's read
+			// timeout is only twice as long.
+			needBeat = true
 		}
 		now := time.Now()
 		topoDue := now.Sub(lastTopo) >= r.topologyInterval
@@ -399,9 +398,7 @@ func (c *LocalConnection) writeLoop() {
 			body := buf[4 : 4+n]
 			buf = buf[4+n:]
 			if out, err = c.appendFrame(out, body); err == nil && len(out) >= writeChunk {
-				if err = c.write(out, now); err == nil {
-					wrote = true
-				}
+				err = c.write(out, now)
 				out = out[:0]
 			}
 		}
@@ -416,7 +413,7 @@ func (c *LocalConnection) writeLoop() {
 			}
 			batch.gossip[i] = nil
 		}
-		if err == nil && needBeat && len(out) == 0 {
+		if err == nil && needBeat {
 			out, err = c.appendFrame(out, []byte{tagHeartbeat})
 		}
 		needBeat = false
@@ -431,7 +428,6 @@ func (c *LocalConnection) writeLoop() {
 			c.shutdown(err)
 			return
 		}
-		wrote = true
 		if cap(out) > maxRetainedBuffer {
 			out = nil
 		}

@@ -107,6 +107,7 @@ type Router struct {
 	writeTimeout      time.Duration
 	topologyInterval  time.Duration
 	maxFrameSize      int
+	maxVersion        byte // 0 means ProtocolMaxVersion; tests lower it
 	sendQueueBytes    int
 	limits            topologyLimits
 
