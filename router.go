@@ -11,6 +11,7 @@ import (
 	"net"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -118,6 +119,8 @@ type Router struct {
 	started  bool
 	stopped  bool
 	listener net.Listener
+
+	terminations atomic.Int64
 
 	recent      *recentSet
 	rndMu       sync.Mutex
@@ -544,6 +547,7 @@ func (router *Router) removeConnection(c *LocalConnection) {
 	}
 	delete(router.conns, c.remoteName)
 	router.mu.Unlock()
+	router.terminations.Add(1)
 	router.ourConnectionsChanged(nil)
 	router.ConnectionMaker.signal()
 	router.logf("%s: connection deleted", c)

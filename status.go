@@ -19,6 +19,7 @@ type Status struct {
 	UnicastRoutes      []UnicastRouteStatus
 	BroadcastRoutes    []BroadcastRouteStatus
 	Connections        []LocalConnectionStatus
+	// TerminationCount counts the established connections that ended.
 	TerminationCount   int
 	Targets            []string
 	OverlayDiagnostics interface{}
@@ -79,6 +80,7 @@ func NewStatus(router *Router) *Status {
 		Port:               router.Port,
 		Targets:            router.ConnectionMaker.Targets(false),
 		OverlayDiagnostics: router.Overlay.Diagnostics(),
+		TerminationCount:   int(router.terminations.Load()),
 	}
 	if p := router.listenPort(); p > 0 {
 		s.Port = p
@@ -125,9 +127,15 @@ func NewStatus(router *Router) *Status {
 		return 0
 	})
 	router.mu.RLock()
+	registered := make(map[*LocalConnection]bool, len(router.conns))
+	for _, c := range router.conns {
+		registered[c] = true
+	}
 	for c := range router.pending {
+		// Fields set by the handshake are read only once the connection is
+		// registered: until then its goroutine may still be writing them.
 		state, info := "pending", "handshake in progress"
-		if router.conns[c.remoteName] == c {
+		if registered[c] {
 			state = "established"
 			if !c.established.Load() {
 				state = "connected"
