@@ -74,6 +74,7 @@ const (
 	inboxBroadcast
 	inboxGossip
 	inboxPeriodic
+	inboxNewNeighbour // src is a neighbour that just connected
 )
 
 type inboxItem struct {
@@ -177,6 +178,14 @@ func (c *gossipChannel) handle(it *inboxItem) {
 	case inboxPeriodic:
 		if data := c.gossiper.Gossip(); data != nil {
 			r.sendNeighbourSubset(c.name, data, UnknownPeerName)
+		}
+	case inboxNewNeighbour:
+		// A new neighbour gets our complete state at once, so a peer that
+		// joins late need not wait for the next periodic gossip.
+		if conn := r.connectionTo(it.src); conn != nil {
+			if data := c.gossiper.Gossip(); data != nil {
+				conn.q.pushGossip(gossipKey{tag: tagGossip, channel: c.name, src: r.Ourself.Name}, data)
+			}
 		}
 	}
 }

@@ -498,6 +498,9 @@ func (router *Router) addConnection(c *LocalConnection) error {
 		}()
 	}
 	c.q.pushTopology(nil, true)
+	for _, ch := range router.channelList() {
+		ch.deliver(inboxNewNeighbour, c.remoteName, nil)
+	}
 	changed := []PeerName{router.Ourself.Name}
 	if added {
 		changed = append(changed, c.remoteName)
@@ -678,18 +681,22 @@ func (router *Router) topologyLoop() {
 }
 
 func (router *Router) periodicGossip() {
-	router.mu.RLock()
-	channels := make([]*gossipChannel, 0, len(router.channels))
-	for _, ch := range router.channels {
-		channels = append(channels, ch)
-	}
-	router.mu.RUnlock()
 	for _, c := range router.neighbourSubset(UnknownPeerName) {
 		c.q.pushTopology(nil, true)
 	}
-	for _, ch := range channels {
+	for _, ch := range router.channelList() {
 		ch.deliver(inboxPeriodic, UnknownPeerName, nil)
 	}
+}
+
+func (router *Router) channelList() []*gossipChannel {
+	router.mu.RLock()
+	defer router.mu.RUnlock()
+	out := make([]*gossipChannel, 0, len(router.channels))
+	for _, ch := range router.channels {
+		out = append(out, ch)
+	}
+	return out
 }
 
 // neighbourSubset picks the connections gossip goes to, leaving out the

@@ -24,6 +24,9 @@ func name(i int) mesh.PeerName { return mesh.PeerName(0x020000000000 + uint64(i+
 type options struct {
 	password  []byte
 	discovery bool
+	// gossipInterval, when set, replaces the default periodic gossip
+	// interval.
+	gossipInterval time.Duration
 }
 
 // node is one router with a recording gossiper on channel "test".
@@ -37,12 +40,16 @@ type node struct {
 
 func startNode(t testing.TB, i int, o options) *node {
 	t.Helper()
-	r, err := mesh.NewRouter(mesh.Config{
+	config := mesh.Config{
 		Host:          "127.0.0.1",
 		Port:          0,
 		Password:      o.password,
 		PeerDiscovery: o.discovery,
-	}, name(i), fmt.Sprint("peer", i), nil, testLogger{t})
+	}
+	if o.gossipInterval != 0 {
+		config.GossipInterval = &o.gossipInterval
+	}
+	r, err := mesh.NewRouter(config, name(i), fmt.Sprint("peer", i), nil, testLogger{t})
 	require.NoError(t, err)
 	rec := newRecorder()
 	g, err := r.NewGossip("test", rec)

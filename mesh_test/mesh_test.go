@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/gossip-mesh/mesh"
 	"github.com/stretchr/testify/require"
@@ -224,4 +225,19 @@ func TestStopIsIdempotentAndStatusEncodes(t *testing.T) {
 	require.Equal(t, "established", st.Connections[0].State)
 	require.NoError(t, nodes[0].router.Stop())
 	require.NoError(t, nodes[0].router.Stop())
+}
+
+// A peer that joins after state was gossiped gets the complete state from
+// its new neighbour at once, not at the next periodic gossip.
+func TestLateJoinerGetsStateOnConnect(t *testing.T) {
+	checkNoGoroutineLeak(t)
+	// No periodic gossip during the test: only the new connection can
+	// bring the state.
+	nodes := startNodes(t, 2, options{gossipInterval: time.Hour})
+	nodes[0].rec.merge("early")
+	late := nodes[1]
+	late.connectTo(nodes[0])
+	eventually(t, "state sent down the new connection", func() (bool, string) {
+		return late.rec.has("early"), "not yet"
+	})
 }
