@@ -33,8 +33,6 @@ const (
 	gobFirstUserType = 64
 	// gobMaxTypeID is the largest type id gob can express (ids are int32).
 	gobMaxTypeID = math.MaxInt32
-	// gobMaxUintLen is the longest encoding of a gob unsigned integer.
-	gobMaxUintLen = 9
 )
 
 // Errors returned by the gob decoders. All wrap ErrMalformed.
