@@ -22,6 +22,7 @@ import (
 type LocalConnection struct {
 	router   *Router
 	conn     net.Conn
+	dc       *deadlineConn
 	br       *bufio.Reader
 	outbound bool
 	// remoteTCPAddr is what our topology entry says about this connection:
@@ -112,16 +113,21 @@ func (c *LocalConnection) shutdown(err error) {
 	})
 }
 
-// deadlineConn re-arms the read deadline before every read, so that a peer
-// that sends nothing for the whole timeout is dropped.
+// deadlineConn re-arms the read deadline before every read once the
+// handshake is over, so that a peer that sends nothing for the whole
+// timeout is dropped. During the handshake the handshake's own deadline
+// stands. Only the connection's reading goroutine uses it.
 type deadlineConn struct {
 	net.Conn
 	timeout time.Duration
+	armed   bool
 }
 
 func (d *deadlineConn) Read(p []byte) (int, error) {
-	if err := d.Conn.SetReadDeadline(time.Now().Add(d.timeout)); err != nil {
-		return 0, err
+	if d.armed {
+		if err := d.Conn.SetReadDeadline(time.Now().Add(d.timeout)); err != nil {
+			return 0, err
+		}
 	}
 	return d.Conn.Read(p)
 }
@@ -134,6 +140,7 @@ func (c *LocalConnection) run() {
 	if err == nil {
 		err = r.addConnection(c)
 		if err == nil {
+			c.dc.armed = true
 			r.wg.Add(1)
 			go func() {
 				defer r.wg.Done()

@@ -275,3 +275,33 @@ func TestHeartbeatsAndIdleTimeout(t *testing.T) {
 		return !ok
 	})
 }
+
+// TestHandshakeDeadlineHoldsAgainstTrickle: a peer that sends its handshake
+// one byte at a time, too slowly, is cut off at the handshake deadline.
+func TestHandshakeDeadlineHoldsAgainstTrickle(t *testing.T) {
+	pn, _ := PeerNameFromString("02:00:00:00:00:01")
+	r, err := NewRouter(Config{Host: "127.0.0.1", HandshakeTimeout: 300 * time.Millisecond}, pn, "a", nil, nil)
+	require.NoError(t, err)
+	require.NoError(t, r.Start())
+	defer r.Stop()
+	conn, err := net.Dial("tcp", r.ListenAddr().String())
+	require.NoError(t, err)
+	defer conn.Close()
+	go io.Copy(io.Discard, conn) //nolint:errcheck // drain the router's header
+	start := time.Now()
+	var werr error
+	for _, b := range []byte("weave\x01") { // never complete
+		if _, werr = conn.Write([]byte{b}); werr != nil {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	waitFor(t, "the connection to be dropped", func() bool {
+		if werr != nil {
+			return true
+		}
+		_, werr = conn.Write([]byte{0})
+		return werr != nil
+	})
+	require.Less(t, time.Since(start), 5*time.Second)
+}

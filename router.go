@@ -429,6 +429,7 @@ func (router *Router) newConnection(conn net.Conn, outbound bool, addr string, t
 	c := &LocalConnection{
 		router:        router,
 		conn:          conn,
+		dc:            dc,
 		br:            bufio.NewReaderSize(dc, 64<<10),
 		outbound:      outbound,
 		remoteTCPAddr: addr,
