@@ -490,6 +490,9 @@ func (router *Router) addConnection(c *LocalConnection) error {
 	if replaced != nil {
 		replaced.shutdown(ErrDuplicateConnection)
 	}
+	if c.overlayConn != nil {
+		c.overlayConn.Confirm()
+	}
 
 	if !established && c.overlayConn != nil {
 		router.wg.Add(1)

@@ -26,10 +26,23 @@ func TestThreePeers(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			checkNoGoroutineLeak(t)
 			nodes := startNodes(t, 3, options{password: tc.password})
+			routeChanges := make(chan struct{}, 100)
+			nodes[0].router.Routes.OnChange(func() {
+				select {
+				case routeChanges <- struct{}{}:
+				default:
+				}
+			})
 			nodes[1].connectTo(nodes[0])
 			nodes[2].connectTo(nodes[1])
 			took := waitFullKnowledge(t, nodes)
 			t.Logf("3 peers converged in %v", took)
+			eventually(t, "routes to both peers", func() (bool, string) {
+				_, ok1 := nodes[0].router.Routes.Unicast(nodes[1].router.Ourself.Name)
+				_, ok2 := nodes[0].router.Routes.Unicast(nodes[2].router.Ourself.Name)
+				return ok1 && ok2, ""
+			})
+			require.NotEmpty(t, routeChanges, "OnChange callbacks ran")
 		})
 	}
 }
