@@ -67,15 +67,22 @@ type ConnectionMaker struct {
 
 	mu      sync.Mutex
 	targets map[string]*target
-	rnd     *rand.Rand
+	// selfAddrs remembers addresses that turned out to lead to this very
+	// router, so that discovery does not dial them again. Bounded.
+	selfAddrs map[string]struct{}
+	rnd       *rand.Rand
 }
+
+// maxSelfAddrs bounds ConnectionMaker.selfAddrs.
+const maxSelfAddrs = 64
 
 func newConnectionMaker(r *Router) *ConnectionMaker {
 	return &ConnectionMaker{
-		router:  r,
-		wake:    make(chan struct{}, 1),
-		targets: make(map[string]*target),
-		rnd:     rand.New(rand.NewPCG(uint64(r.Ourself.UID), uint64(r.Ourself.Name))),
+		router:    r,
+		wake:      make(chan struct{}, 1),
+		targets:   make(map[string]*target),
+		selfAddrs: make(map[string]struct{}),
+		rnd:       rand.New(rand.NewPCG(uint64(r.Ourself.UID), uint64(r.Ourself.Name))),
 	}
 }
 
@@ -376,6 +383,9 @@ func (cm *ConnectionMaker) attemptEnded(t *target, started time.Time, err error)
 	switch {
 	case errors.Is(err, ErrConnectToSelf), errors.Is(err, ErrNameCollision):
 		t.state = targetGivenUp
+		if errors.Is(err, ErrConnectToSelf) && len(cm.selfAddrs) < maxSelfAddrs {
+			cm.selfAddrs[t.addr] = struct{}{}
+		}
 		if !t.direct {
 			delete(cm.targets, t.addr)
 		}
@@ -439,6 +449,9 @@ func (cm *ConnectionMaker) topologyChanged() {
 		}
 	}
 	for addr := range candidates {
+		if _, self := cm.selfAddrs[addr]; self {
+			continue
+		}
 		if _, ok := cm.targets[addr]; !ok {
 			if _, err := normaliseAddress(addr); err != nil {
 				continue

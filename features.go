@@ -286,12 +286,12 @@ func parseFeatures(m map[string]string) (peerFeatures, error) {
 	if f.ConnID, err = strconv.ParseUint(m[featureConnID], 10, 64); err != nil {
 		return f, fmt.Errorf("%w: ConnID: %w", ErrBadFeatures, err)
 	}
-	if s, ok := m[featurePublicKey]; ok {
-		if len(s) != 64 {
-			return f, fmt.Errorf("%w: PublicKey is %d characters, not 64", ErrBadFeatures, len(s))
-		}
-		if f.PublicKey, err = hex.DecodeString(s); err != nil {
-			return f, fmt.Errorf("%w: PublicKey: %w", ErrBadFeatures, err)
+	// PublicKey only means something in protocol version 1, where the
+	// handshake checks it; elsewhere a malformed one is ignored like any
+	// unknown feature.
+	if s, ok := m[featurePublicKey]; ok && len(s) == 64 {
+		if key, err := hex.DecodeString(s); err == nil {
+			f.PublicKey = key
 		}
 	}
 	return f, nil

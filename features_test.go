@@ -367,8 +367,6 @@ func TestParseFeatures(t *testing.T) {
 		{"bad ConnID", with(map[string]string{"ConnID": "x"}), "ConnID"},
 		{"ShortID 4096", with(map[string]string{"ShortID": "4096"}), "ShortID"},
 		{"bad Trusted", with(map[string]string{"Trusted": "yes"}), "Trusted"},
-		{"short PublicKey", with(map[string]string{"PublicKey": "abcd"}), "PublicKey"},
-		{"bad PublicKey", with(map[string]string{"PublicKey": strings.Repeat("zz", 32)}), "PublicKey"},
 		{"long NickName", with(map[string]string{"NickName": strings.Repeat("n", maxNickNameLen+1)}), "NickName"},
 		{"empty", map[string]string{}, "field PeerNameFlavour is missing"},
 	}
@@ -378,6 +376,14 @@ func TestParseFeatures(t *testing.T) {
 			require.ErrorIs(t, err, ErrBadFeatures)
 			require.ErrorContains(t, err, tt.msg)
 		})
+	}
+
+	// A malformed PublicKey is ignored here: only the version 1 handshake,
+	// which uses it, checks it.
+	for _, key := range []string{"abcd", strings.Repeat("zz", 32)} {
+		f, err := parseFeatures(with(map[string]string{"PublicKey": key}))
+		require.NoError(t, err)
+		require.Nil(t, f.PublicKey)
 	}
 
 	// Optional fields.

@@ -837,8 +837,11 @@ func (router *Router) forwardUnicast(m *gossipMessage, body []byte) {
 	_ = c.sendRaw(body, false)
 }
 
+// broadcastHops returns the connections a broadcast from src is passed on
+// to: our children in src's tree over every reported connection, as weave
+// does, so a new connection carries broadcasts as soon as we know of it.
 func (router *Router) broadcastHops(src PeerName) []*LocalConnection {
-	hops := router.Routes.Broadcast(src)
+	hops := router.Routes.BroadcastAll(src)
 	out := make([]*LocalConnection, 0, len(hops))
 	for _, name := range hops {
 		if c := router.connectionTo(name); c != nil {

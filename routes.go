@@ -14,8 +14,8 @@ type graph struct {
 	names []PeerName
 	index map[PeerName]int32
 	us    int32
-	// sym holds the connections that count for unicast and broadcast: the
-	// peer reports it established and the remote reports it too.
+	// sym holds the connections that count for unicast: both ends report
+	// them established.
 	sym [][]int32
 	// all holds every reported connection.
 	all [][]int32
@@ -59,7 +59,7 @@ func buildGraph(t *topology) *graph {
 			if !ok || !c.Established {
 				continue
 			}
-			if _, back := peers[j].connectionTo(p.Name); back {
+			if back, ok := peers[j].connectionTo(p.Name); ok && back.Established {
 				backing = append(backing, j)
 			}
 		}
