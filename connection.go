@@ -384,7 +384,8 @@ func (c *LocalConnection) writeLoop() {
 			topoTimer.Reset(r.topologyInterval - now.Sub(lastTopo))
 			timerArmed = true
 		}
-		out = out[:0]
+		out = getBuffer()
+		scratch = getBuffer()
 		var err error
 		if batch.topoFull || len(batch.topo) > 0 {
 			lastTopo = now
@@ -424,22 +425,16 @@ func (c *LocalConnection) writeLoop() {
 			out, err = c.appendFrame(out, []byte{tagHeartbeat})
 		}
 		needBeat = false
+		if err == nil && len(out) > 0 {
+			err = c.write(out, now)
+		}
+		putBuffer(out)
+		putBuffer(scratch)
+		putBuffer(batch.buf)
+		out, scratch, batch.buf = nil, nil, nil
 		if err != nil {
 			c.shutdown(err)
 			return
-		}
-		if len(out) == 0 {
-			continue
-		}
-		if err := c.write(out, now); err != nil {
-			c.shutdown(err)
-			return
-		}
-		if cap(out) > maxRetainedBuffer {
-			out = nil
-		}
-		if cap(batch.buf) > maxRetainedBuffer {
-			batch.buf = nil
 		}
 	}
 }
@@ -456,11 +451,6 @@ func (c *LocalConnection) write(out []byte, now time.Time) error {
 
 // writeChunk is how much the writer gathers before a write system call.
 const writeChunk = 256 << 10
-
-// maxRetainedBuffer is the largest buffer a writer keeps between batches;
-// it is larger than the default send queue, so steady traffic reuses its
-// buffers.
-const maxRetainedBuffer = 2 << 20
 
 // appendFrame adds one frame to out. A message too large for a frame is
 // dropped and logged; the connection goes on.

@@ -20,6 +20,11 @@ const (
 	// longLivedConnection is how long a connection must last for the
 	// backoff to start again from the beginning after it ends.
 	longLivedConnection = time.Minute
+	// discoveryDeferral is how long a peer waits before dialling a
+	// discovered peer with a lower name, which is expected to dial it
+	// first: without it both ends would dial each other at once, and one
+	// of the two connections would be dropped.
+	discoveryDeferral = 2 * time.Second
 )
 
 type targetState uint8
@@ -428,7 +433,7 @@ func (cm *ConnectionMaker) topologyChanged() {
 		connectedNames[name] = true
 	}
 	r.mu.RUnlock()
-	candidates := make(map[string]struct{})
+	candidates := make(map[string]PeerName)
 	ourAddr := ""
 	if a := r.ListenAddr(); a != nil {
 		ourAddr = a.String()
@@ -438,7 +443,7 @@ func (cm *ConnectionMaker) topologyChanged() {
 			if c.Name == r.Ourself.Name || connectedNames[c.Name] || c.RemoteTCPAddr == "" || c.RemoteTCPAddr == ourAddr {
 				continue
 			}
-			candidates[c.RemoteTCPAddr] = struct{}{}
+			candidates[c.RemoteTCPAddr] = c.Name
 		}
 	})
 	cm.mu.Lock()
@@ -448,7 +453,8 @@ func (cm *ConnectionMaker) topologyChanged() {
 			delete(cm.targets, addr)
 		}
 	}
-	for addr := range candidates {
+	now := time.Now()
+	for addr, peer := range candidates {
 		if _, self := cm.selfAddrs[addr]; self {
 			continue
 		}
@@ -456,7 +462,11 @@ func (cm *ConnectionMaker) topologyChanged() {
 			if _, err := normaliseAddress(addr); err != nil {
 				continue
 			}
-			cm.targets[addr] = &target{addr: addr}
+			t := &target{addr: addr, peer: peer}
+			if peer < r.Ourself.Name {
+				t.tryAfter = now.Add(discoveryDeferral + cm.backoff(1)/4)
+			}
+			cm.targets[addr] = t
 			changed = true
 		}
 	}

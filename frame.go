@@ -116,6 +116,10 @@ func appendGobBytesHeader(dst []byte, n int) []byte {
 // until the next call: the reader reuses its buffers, so in steady state it
 // allocates nothing. After the first error the reader is dead and keeps
 // returning that error. A frameReader is not safe for concurrent use.
+// maxRetainedFrameBuffer is the largest read buffer a frameReader keeps
+// from one frame to the next; larger ones come from the shared pool.
+const maxRetainedFrameBuffer = 16 << 10
+
 type frameReader struct {
 	br             *bufio.Reader
 	v1             bool      // gob []byte messages instead of length-prefixed frames
@@ -127,6 +131,7 @@ type frameReader struct {
 	hdr            [frameLenSize]byte
 	buf            []byte // wire bytes of a frame read by copying
 	out            []byte // plaintext of the last sealed frame
+	prevSmall      bool   // the last frame was small
 	err            error  // sticky error; non-nil once the reader is dead
 }
 
@@ -164,6 +169,27 @@ func (r *frameReader) readFrame() ([]byte, error) {
 // next reads one frame's wire body and opens it when the connection is
 // encrypted.
 func (r *frameReader) next() ([]byte, error) {
+	// Buffers a large frame needed are kept while large frames keep coming;
+	// once a small one (a heartbeat at the latest) shows the burst is over,
+	// they go back to the shared pool, so an idle connection holds little
+	// memory.
+	if r.prevSmall {
+		if cap(r.buf) > maxRetainedFrameBuffer {
+			putBuffer(r.buf)
+			r.buf = nil
+		}
+		if cap(r.out) > maxRetainedFrameBuffer {
+			putBuffer(r.out)
+			r.out = nil
+		}
+	}
+	b, err := r.nextFrame()
+	r.prevSmall = len(b) <= maxRetainedFrameBuffer
+	return b, err
+}
+
+// nextFrame reads and opens one frame.
+func (r *frameReader) nextFrame() ([]byte, error) {
 	var wire []byte
 	var err error
 	if r.v1 {
@@ -175,6 +201,9 @@ func (r *frameReader) next() ([]byte, error) {
 		return wire, err
 	}
 	makeNonce(&r.nonce, r.senderOutbound, r.counter)
+	if plain := len(wire) - secretbox.Overhead; cap(r.out) < plain && plain > maxRetainedFrameBuffer {
+		r.out = getBuffer()
+	}
 	out, ok := secretbox.Open(r.out[:0], wire, &r.nonce, r.key)
 	if !ok {
 		return nil, fmt.Errorf("%w: frame %d (%d bytes) failed authentication", ErrDecrypt, r.counter, len(wire))
@@ -209,6 +238,9 @@ func (r *frameReader) readN(n int) ([]byte, error) {
 		return b, nil
 	}
 	buf := r.buf[:0]
+	if cap(buf) < n && n > maxRetainedFrameBuffer {
+		buf = getBuffer()
+	}
 	for len(buf) < n {
 		if len(buf) == cap(buf) {
 			buf = slices.Grow(buf, min(n-len(buf), max(cap(buf), frameGrowChunk)))

@@ -13,7 +13,9 @@ type Gossip interface {
 	// while the connection to the next hop has a full send queue.
 	GossipUnicast(dst PeerName, msg []byte) error
 	// GossipBroadcast sends update to every reachable peer, once each,
-	// along a spanning tree.
+	// along a spanning tree rooted at this peer. It never blocks: a
+	// neighbour whose send queue is full misses it (periodic gossip
+	// repairs that).
 	GossipBroadcast(update GossipData)
 	// GossipNeighbourSubset sends update to a random subset of our
 	// neighbours, which pass on whatever is new to them.
@@ -51,9 +53,10 @@ type GossipData interface {
 	// frame of its own and is passed separately to the receiving Gossiper.
 	Encode() [][]byte
 	// Merge folds other into this data and returns the result. The router
-	// merges data waiting to be sent to the same neighbour, so an update
-	// passed to a Gossip method may later be merged into: Merge may modify
-	// and return its receiver, but must not modify other.
+	// merges gossip waiting to be sent to the same neighbour, so an update
+	// passed to GossipNeighbourSubset, or returned by OnGossip, may later
+	// be merged into: Merge may modify and return its receiver, but must
+	// not modify other. Broadcasts are encoded when sent and never merged.
 	Merge(other GossipData) GossipData
 }
 

@@ -77,6 +77,10 @@ const (
 	defaultTopologyInterval = 20 * time.Millisecond
 	// routeDelay is how long route recomputation waits for more changes.
 	routeDelay = 5 * time.Millisecond
+	// readBufferSize is the read buffer of each connection: small, as
+	// every connection has one for its whole life; larger frames are read
+	// past it.
+	readBufferSize = 16 << 10
 	// gcGrace is how long a peer stays unreachable before it is removed:
 	// long enough for the update that links a newly learnt peer to arrive.
 	gcGrace = time.Second
@@ -430,7 +434,7 @@ func (router *Router) newConnection(conn net.Conn, outbound bool, addr string, t
 		router:        router,
 		conn:          conn,
 		dc:            dc,
-		br:            bufio.NewReaderSize(dc, 64<<10),
+		br:            bufio.NewReaderSize(dc, readBufferSize),
 		outbound:      outbound,
 		remoteTCPAddr: addr,
 		target:        t,
@@ -685,7 +689,11 @@ func (router *Router) topologyLoop() {
 }
 
 func (router *Router) periodicGossip() {
-	for _, c := range router.neighbourSubset(UnknownPeerName) {
+	// The full topology goes to one random neighbour: together with the
+	// stale entries sent back to whoever is behind, that is enough to
+	// repair anything missed, at a fraction of weave's cost in dense
+	// meshes, where the full topology is large.
+	if c := router.randomNeighbour(); c != nil {
 		c.q.pushTopology(nil, true)
 	}
 	for _, ch := range router.channelList() {
@@ -701,6 +709,16 @@ func (router *Router) channelList() []*gossipChannel {
 		out = append(out, ch)
 	}
 	return out
+}
+
+func (router *Router) randomNeighbour() *LocalConnection {
+	conns := router.connections()
+	if len(conns) == 0 {
+		return nil
+	}
+	router.rndMu.Lock()
+	defer router.rndMu.Unlock()
+	return conns[router.rnd.IntN(len(conns))]
 }
 
 // neighbourSubset picks the connections gossip goes to, leaving out the
@@ -779,24 +797,36 @@ func (router *Router) handleTopology(c *LocalConnection, payload []byte) error {
 	if err != nil {
 		return err
 	}
+	conns := router.connections()
+	neighbours := make([]PeerName, len(conns))
+	for i, o := range conns {
+		neighbours[i] = o.remoteName
+	}
+	relay := make(map[PeerName][]PeerName)
 	router.Peers.mu.Lock()
 	res := router.Peers.topo.apply(updates)
+	for _, x := range res.changed {
+		for _, n := range router.Peers.topo.relayTargets(x, c.remoteName, neighbours) {
+			relay[n] = append(relay[n], x)
+		}
+	}
 	router.Peers.mu.Unlock()
-	if len(res.changed) == 0 && !res.ourVersionBumped && res.placeholders == 0 {
-		return nil
-	}
-	if len(res.changed) > 0 || res.ourVersionBumped {
-		changed := res.changed
-		if res.ourVersionBumped {
-			changed = append(changed, router.Ourself.Name)
-		}
-		for _, o := range router.connections() {
-			if o != c || res.ourVersionBumped {
-				o.q.pushTopology(changed, false)
-			}
+	if res.ourVersionBumped {
+		for _, n := range neighbours {
+			relay[n] = append(relay[n], router.Ourself.Name)
 		}
 	}
-	router.topologyChanged()
+	if len(res.stale) > 0 {
+		relay[c.remoteName] = append(relay[c.remoteName], res.stale...)
+	}
+	for _, o := range conns {
+		if names := relay[o.remoteName]; len(names) > 0 {
+			o.q.pushTopology(names, false)
+		}
+	}
+	if len(res.changed) > 0 || res.ourVersionBumped || res.placeholders > 0 {
+		router.topologyChanged()
+	}
 	return nil
 }
 
@@ -852,10 +882,22 @@ func (router *Router) broadcastHops(src PeerName) []*LocalConnection {
 }
 
 // relayBroadcast sends data originated by src along src's broadcast tree.
+// The data is encoded once, here, and the same bytes go to every child:
+// data merged while waiting could be shared between neighbours' queues,
+// and a broadcast must reach each peer exactly once. A neighbour whose
+// queue is full misses the broadcast; periodic gossip repairs that.
 func (router *Router) relayBroadcast(channel string, src PeerName, data GossipData) {
-	key := gossipKey{tag: tagGossipBroadcast, channel: channel, src: src}
-	for _, c := range router.broadcastHops(src) {
-		c.q.pushGossip(key, data)
+	hops := router.broadcastHops(src)
+	if len(hops) == 0 {
+		return
+	}
+	for _, msg := range data.Encode() {
+		m := gossipMessage{Tag: tagGossipBroadcast, Channel: channel, Src: src, Payload: msg}
+		for _, c := range hops {
+			if err := c.sendMessage(&m, false); errors.Is(err, errQueueFull) {
+				router.logOnce("bcastdrop", fmt.Sprintf("%s: send queue full, broadcast dropped", c))
+			}
+		}
 	}
 }
 

@@ -6,6 +6,26 @@ import (
 	"sync"
 )
 
+// Buffers for queued messages and outgoing bytes come from a pool shared by
+// all connections, and go back to it after each batch, so that an idle
+// connection holds no buffer and a busy one reuses warm memory.
+var bufferPool = sync.Pool{New: func() any { return new([]byte) }}
+
+// maxPooledBuffer is the largest buffer returned to the pool.
+const maxPooledBuffer = 4 << 20
+
+func getBuffer() []byte {
+	return (*bufferPool.Get().(*[]byte))[:0]
+}
+
+func putBuffer(b []byte) {
+	if b == nil || cap(b) > maxPooledBuffer {
+		return
+	}
+	b = b[:0]
+	bufferPool.Put(&b)
+}
+
 // errQueueFull is returned when a message is dropped because the send
 // queue of the next hop is full.
 var errQueueFull = errors.New("mesh: send queue full")
@@ -68,6 +88,9 @@ func (q *sendQueue) signal() {
 func (q *sendQueue) reserve(n int) (off int, ok bool) {
 	if len(q.buf) > 0 && len(q.buf)+4+n > q.limit {
 		return 0, false
+	}
+	if q.buf == nil {
+		q.buf = getBuffer()
 	}
 	off = len(q.buf)
 	q.buf = append(q.buf, 0, 0, 0, 0)
@@ -137,7 +160,7 @@ type sendBatch struct {
 // still waiting.
 func (q *sendQueue) take(b *sendBatch, withTopology bool) (hasTopology bool) {
 	q.mu.Lock()
-	b.buf, q.buf = q.buf, b.buf[:0]
+	b.buf, q.buf = q.buf, nil
 	b.count, q.count = q.count, 0
 	b.topoFull = false
 	b.topo = b.topo[:0]

@@ -143,7 +143,7 @@ func NewStatus(router *Router) *Status {
 			info = fmt.Sprintf("%-6v %s(%s) protocol v%d encrypted=%v", c.remoteName, c.remoteName, c.remoteNick, c.version, c.encrypted)
 		}
 		var attrs map[string]interface{}
-		if c.overlayConn != nil && state != "pending" {
+		if registered[c] && c.overlayConn != nil {
 			attrs = c.overlayConn.Attrs()
 		}
 		s.Connections = append(s.Connections, LocalConnectionStatus{

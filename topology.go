@@ -122,6 +122,9 @@ type mergeResult struct {
 	ourVersionBumped bool
 	// placeholders counts peers added only because a connection names them.
 	placeholders int
+	// stale lists peers for which the update held an older entry than
+	// ours: the sender is behind and should get ours.
+	stale []PeerName
 }
 
 // apply merges an update received from another peer.
@@ -134,17 +137,26 @@ func (t *topology) apply(updates []peerUpdate) mergeResult {
 				if t.bumpOurselfAbove(u.Version) {
 					res.ourVersionBumped = true
 				}
+			} else if u.Version < t.ourself().Version {
+				res.stale = append(res.stale, u.Name)
 			}
 			continue
 		}
 		if u.UID == 0 {
 			// A placeholder only tells us the name exists.
-			if t.get(u.Name) == nil && t.addPlaceholder(u.Name) {
-				res.placeholders++
+			if p := t.get(u.Name); p == nil {
+				if t.addPlaceholder(u.Name) {
+					res.placeholders++
+				}
+			} else if !p.isPlaceholder() {
+				res.stale = append(res.stale, u.Name)
 			}
 			continue
 		}
 		existing := t.get(u.Name)
+		if existing != nil && existing.Version > u.Version {
+			res.stale = append(res.stale, u.Name)
+		}
 		if existing == nil {
 			if ts, ok := t.tombstones[u.Name]; ok && ts.uid == u.UID && u.Version <= ts.version {
 				continue // a stale copy of a peer we removed
@@ -219,6 +231,35 @@ func (t *topology) addTombstone(p *Peer) {
 		}
 		t.tombstoneOrder = live
 	}
+}
+
+// adjacent reports whether a and b both report a connection to each other.
+func (t *topology) adjacent(a, b PeerName) bool {
+	pa, pb := t.get(a), t.get(b)
+	if pa == nil || pb == nil {
+		return false
+	}
+	_, ab := pa.connectionTo(b)
+	_, ba := pb.connectionTo(a)
+	return ab && ba
+}
+
+// relayTargets decides which of our neighbours an entry of peer x, received
+// from neighbour from, is passed on to: those adjacent neither to x (x sends
+// its own entry to each of its neighbours) nor to from (from passes it on to
+// its own neighbours, by this same rule). When every peer has the same view
+// this reaches every peer once and relays nothing in a full mesh; where
+// views differ the sender-side repair of stale entries and the periodic
+// gossip make up for what is missed.
+func (t *topology) relayTargets(x, from PeerName, neighbours []PeerName) []PeerName {
+	var out []PeerName
+	for _, n := range neighbours {
+		if n == from || n == x || t.adjacent(n, x) || t.adjacent(n, from) {
+			continue
+		}
+		out = append(out, n)
+	}
+	return out
 }
 
 // reachable returns the set of peers reachable from us over every known

@@ -1,0 +1,233 @@
+// Package harness runs the benchmark scenarios of meshbench against mesh
+// and hashicorp/memberlist clusters in one process on 127.0.0.1.
+//
+// Every scenario starts its own cluster, measures, and stops every router
+// or memberlist node it started before it returns, whatever happens; every
+// wait has a timeout, so a scenario reports "timeout" rather than hang.
+package harness
+
+import (
+	"encoding/binary"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/gossip-mesh/mesh"
+)
+
+// System names a library under test.
+type System string
+
+// The systems.
+const (
+	Mesh       System = "mesh"
+	Memberlist System = "memberlist"
+)
+
+// cluster is what the scenarios need of a running mesh or memberlist
+// cluster.
+type cluster interface {
+	size() int
+	// converged reports whether every member knows every other one.
+	converged() bool
+	// progress returns how many members each member knows.
+	progress() []int
+	// bytesSent returns the bytes sent by all members so far.
+	bytesSent() int64
+	// startTimes returns when the first member started and when the last
+	// member's start (including its join) began.
+	startTimes() (first, origin time.Time)
+	stop() error
+}
+
+// clusterSpec describes a cluster to start.
+type clusterSpec struct {
+	System    System
+	N         int
+	Bootstrap Bootstrap
+	// ConnLimit applies to mesh only; 0 is its default.
+	ConnLimit int
+	Encrypted bool
+	Seed      uint64
+	// Recorders, when not nil, gives each member a broadcast recorder
+	// (len(Recorders) == N); otherwise members count unicasts.
+	Recorders []*recorder
+}
+
+// benchPassword is the mesh password of the encrypted runs.
+var benchPassword = []byte("meshbench password")
+
+// benchKey is the memberlist key (AES-256) of the encrypted runs.
+var benchKey = []byte("meshbench key of 32 bytes length")
+
+// startCluster starts the cluster described by s; its members receive on
+// the bench channel (mesh) or through a delegate (memberlist).
+func startCluster(s clusterSpec) (cluster, error) {
+	switch s.System {
+	case Mesh:
+		o := meshOptions{N: s.N, Bootstrap: s.Bootstrap, ConnLimit: s.ConnLimit, Seed: s.Seed}
+		if s.Encrypted {
+			o.Password = benchPassword
+		}
+		o.Gossiper = func(i int) mesh.Gossiper {
+			g := &benchGossiper{}
+			if s.Recorders != nil {
+				g.bcast = s.Recorders[i]
+			}
+			return g
+		}
+		c, err := startMesh(o)
+		if err != nil {
+			return nil, err
+		}
+		return c, nil
+	case Memberlist:
+		o := mlOptions{N: s.N, Bootstrap: s.Bootstrap, Seed: s.Seed}
+		if s.Encrypted {
+			o.SecretKey = benchKey
+		}
+		o.Delegate = func(i int) *mlDelegate {
+			d := &mlDelegate{}
+			if s.Recorders != nil {
+				d.bcast = s.Recorders[i]
+			}
+			return d
+		}
+		c, err := startML(o)
+		if err != nil {
+			return nil, err
+		}
+		return c, nil
+	}
+	return nil, fmt.Errorf("unknown system %q", s.System)
+}
+
+// pollInterval is how often convergence is checked: often enough for
+// millisecond resolution in small clusters, rarely enough that checking
+// does not slow large ones down.
+func pollInterval(n int) time.Duration {
+	switch {
+	case n <= 100:
+		return 2 * time.Millisecond
+	case n <= 300:
+		return 5 * time.Millisecond
+	default:
+		return 20 * time.Millisecond
+	}
+}
+
+// waitFormed polls c until every member knows every other one, or until
+// timeout has passed since the last member's start. It returns the time
+// from that start to the first poll that found the cluster formed.
+func waitFormed(c cluster, timeout time.Duration) (time.Duration, bool) {
+	_, origin := c.startTimes()
+	interval := pollInterval(c.size())
+	deadline := origin.Add(timeout)
+	for {
+		if c.converged() {
+			return time.Since(origin), true
+		}
+		if time.Now().After(deadline) {
+			return time.Since(origin), false
+		}
+		time.Sleep(interval)
+	}
+}
+
+// benchGossiper is the mesh Gossiper of the scenarios: it counts unicasts
+// and, with a recorder, records broadcasts and relays each the first time.
+type benchGossiper struct {
+	bcast *recorder
+
+	mu    sync.Mutex
+	msgs  int64
+	bytes int64
+}
+
+var _ mesh.Gossiper = (*benchGossiper)(nil)
+
+// OnGossipUnicast implements mesh.Gossiper.
+func (g *benchGossiper) OnGossipUnicast(_ mesh.PeerName, msg []byte) error {
+	g.mu.Lock()
+	g.msgs++
+	g.bytes += int64(len(msg))
+	g.mu.Unlock()
+	return nil
+}
+
+// received returns the unicast messages and bytes received so far.
+func (g *benchGossiper) received() (msgs, bytes int64) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.msgs, g.bytes
+}
+
+// OnGossipBroadcast implements mesh.Gossiper: a message seen for the first
+// time is recorded and passed on along the broadcast tree.
+func (g *benchGossiper) OnGossipBroadcast(_ mesh.PeerName, update []byte) (mesh.GossipData, error) {
+	if g.bcast == nil || len(update) < 8 || !g.bcast.record(update) {
+		return nil, nil
+	}
+	return &bcastData{msgs: [][]byte{append([]byte(nil), update...)}}, nil
+}
+
+// Gossip implements mesh.Gossiper: there is no state to gossip.
+func (g *benchGossiper) Gossip() mesh.GossipData { return nil }
+
+// OnGossip implements mesh.Gossiper.
+func (g *benchGossiper) OnGossip([]byte) (mesh.GossipData, error) { return nil, nil }
+
+// bcastData is a set of broadcast messages. It is immutable: Merge returns
+// a new value, so the same data may sit in several send queues.
+type bcastData struct{ msgs [][]byte }
+
+var _ mesh.GossipData = (*bcastData)(nil)
+
+// Encode implements mesh.GossipData: one message per frame.
+func (d *bcastData) Encode() [][]byte { return d.msgs }
+
+// Merge implements mesh.GossipData.
+func (d *bcastData) Merge(other mesh.GossipData) mesh.GossipData {
+	o, ok := other.(*bcastData)
+	if !ok {
+		return d
+	}
+	msgs := make([][]byte, 0, len(d.msgs)+len(o.msgs))
+	return &bcastData{msgs: append(append(msgs, d.msgs...), o.msgs...)}
+}
+
+// recorder remembers when each broadcast message (identified by its first
+// 8 bytes) first arrived.
+type recorder struct {
+	mu   sync.Mutex
+	seen map[uint64]time.Time
+}
+
+func newRecorder() *recorder { return &recorder{seen: make(map[uint64]time.Time)} }
+
+// record notes the arrival of msg now and reports whether it is the first.
+func (r *recorder) record(msg []byte) bool {
+	now := time.Now()
+	id := binary.BigEndian.Uint64(msg)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, ok := r.seen[id]; ok {
+		return false
+	}
+	r.seen[id] = now
+	return true
+}
+
+// arrival returns when message id first arrived.
+func (r *recorder) arrival(id uint64) (time.Time, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	t, ok := r.seen[id]
+	return t, ok
+}
+
+// Both clusters satisfy cluster.
+var (
+	_ cluster = (*meshCluster)(nil)
+	_ cluster = (*mlCluster)(nil)
+)
