@@ -166,3 +166,77 @@ func BenchmarkRouteRecalculate(b *testing.B) {
 		b.Run(fmt.Sprint("peers=", n), func(b *testing.B) { benchmarkRoutes(b, n) })
 	}
 }
+
+// TestTopologyRelayReachesEveryPeer simulates the spreading of one peer's
+// new entry over random meshes where every peer has the same view: the
+// originator sends it to all its neighbours, and each peer passes it on by
+// relayTargets. Every peer must get it, and a full mesh must relay nothing.
+func TestTopologyRelayReachesEveryPeer(t *testing.T) {
+	rnd := rand.New(rand.NewPCG(7, 8))
+	for trial := 0; trial < 30; trial++ {
+		n := 2 + rnd.IntN(40)
+		var edges [][2]int
+		if trial%10 == 9 {
+			for a := 0; a < n; a++ {
+				for b := a + 1; b < n; b++ {
+					edges = append(edges, [2]int{a, b})
+				}
+			}
+		} else {
+			edges = line(n)
+			for k := rnd.IntN(3 * n); k > 0; k-- {
+				if a, b := rnd.IntN(n), rnd.IntN(n); a != b {
+					edges = append(edges, [2]int{a, b})
+				}
+			}
+		}
+		views := make([]*topology, n)
+		for i := range views {
+			views[i] = buildTopology(n, i, edges)
+		}
+		neighbours := func(i int) []PeerName {
+			var out []PeerName
+			for _, c := range views[i].ourself().conns {
+				out = append(out, c.Name)
+			}
+			return out
+		}
+		for origin := 0; origin < n; origin++ {
+			got := make([]int, n)
+			got[origin] = 1
+			type hop struct{ from, to int }
+			var queue []hop
+			for _, nb := range neighbours(origin) {
+				queue = append(queue, hop{origin, int(nb - testPeerName(0))})
+			}
+			relays := 0
+			for len(queue) > 0 {
+				h := queue[0]
+				queue = queue[1:]
+				got[h.to]++
+				if got[h.to] > 1 {
+					continue // not new: not passed on
+				}
+				for _, next := range views[h.to].relayTargets(testPeerName(origin), testPeerName(h.from), neighbours(h.to)) {
+					relays++
+					queue = append(queue, hop{h.to, int(next - testPeerName(0))})
+				}
+			}
+			for i, c := range got {
+				require.GreaterOrEqual(t, c, 1, "trial %d n=%d origin %d: peer %d missed the update", trial, n, origin, i)
+			}
+			if trial%10 == 9 {
+				require.Zero(t, relays, "a full mesh relays nothing")
+			}
+		}
+	}
+}
+
+func TestStaleEntriesReported(t *testing.T) {
+	tp := newTestTopology(0)
+	tp.setOurConnections([]connectionSummary{conn(1, true)}) // our version is 1
+	tp.apply([]peerUpdate{update(1, 11, 5, conn(0, true))})
+	res := tp.apply([]peerUpdate{update(1, 11, 3), {peerSummary: peerSummary{Name: testPeerName(1)}}, update(0, 1000, 0)})
+	require.Equal(t, []PeerName{testPeerName(1), testPeerName(1), testPeerName(0)}, res.stale)
+	require.Empty(t, res.changed)
+}
