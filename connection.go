@@ -40,10 +40,12 @@ type LocalConnection struct {
 	remoteConnID uint64
 	version      byte
 	encrypted    bool
-	reader       *frameReader
-	writer       *frameWriter
-	overlayConn  OverlayConnection
-	started      time.Time
+	// digests is set when the remote understands topology digests.
+	digests     bool
+	reader      *frameReader
+	writer      *frameWriter
+	overlayConn OverlayConnection
+	started     time.Time
 
 	established atomic.Bool
 	q           *sendQueue
@@ -184,6 +186,7 @@ func (c *LocalConnection) handshake() error {
 	if port := r.listenPort(); port > 0 {
 		extra[featureListenPort] = strconv.Itoa(port)
 	}
+	extra[featureTopologyDigest] = "1"
 	res, err := doHandshake(c.conn, c.br, &handshakeConfig{
 		Outbound:     c.outbound,
 		Password:     r.Password,
@@ -204,6 +207,7 @@ func (c *LocalConnection) handshake() error {
 	c.remoteConnID = remote.ConnID
 	c.remoteSumm = peerSummary{Name: remote.Name, NickName: remote.NickName, UID: remote.UID, ShortID: remote.ShortID, HasShortID: remote.HasShortID}
 	c.version, c.encrypted = res.Version, res.Encrypted
+	c.digests = res.Features[featureTopologyDigest] == "1"
 	c.reader, c.writer = res.reader, res.writer
 	if remote.Name == r.Ourself.Name {
 		if remote.UID == r.Ourself.UID {
@@ -387,6 +391,15 @@ func (c *LocalConnection) writeLoop() {
 		out = getBuffer()
 		scratch = getBuffer()
 		var err error
+		if batch.digest {
+			for _, msg := range r.Peers.encodeDigest() {
+				m := gossipMessage{Tag: tagGossip, Channel: digestChannel, Src: r.Ourself.Name, Payload: msg}
+				scratch = appendGossipMessage(scratch[:0], &m)
+				if out, err = c.appendFrame(out, scratch); err != nil {
+					break
+				}
+			}
+		}
 		if batch.topoFull || len(batch.topo) > 0 {
 			lastTopo = now
 			var names []PeerName

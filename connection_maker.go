@@ -25,6 +25,10 @@ const (
 	// first: without it both ends would dial each other at once, and one
 	// of the two connections would be dropped.
 	discoveryDeferral = 2 * time.Second
+	// maxDiscoveryDials bounds the dials to discovered peers in progress at
+	// once, so that a mesh discovered all at once is connected gradually
+	// rather than in a storm of handshakes and full topology exchanges.
+	maxDiscoveryDials = 4
 )
 
 type targetState uint8
@@ -280,10 +284,13 @@ func (cm *ConnectionMaker) launchDue(now time.Time) time.Time {
 
 	cm.mu.Lock()
 	defer cm.mu.Unlock()
-	attempting := 0
+	attempting, discovering := 0, 0
 	for _, t := range cm.targets {
 		if t.state == targetAttempting {
 			attempting++
+			if !t.direct {
+				discovering++
+			}
 		}
 	}
 	var due []*target
@@ -320,6 +327,12 @@ func (cm *ConnectionMaker) launchDue(now time.Time) time.Time {
 	for _, t := range due {
 		if nconns+attempting >= r.ConnLimit {
 			break
+		}
+		if !t.direct {
+			if discovering >= maxDiscoveryDials {
+				continue
+			}
+			discovering++
 		}
 		attempting++
 		t.state = targetAttempting

@@ -62,19 +62,19 @@ func (peer *Peer) NumConnections() int { return len(peer.conns) }
 
 // connectionTo returns the peer's reported connection to name.
 func (peer *Peer) connectionTo(name PeerName) (connectionSummary, bool) {
-	i, ok := slices.BinarySearchFunc(peer.conns, name, func(c connectionSummary, n PeerName) int {
-		switch {
-		case c.Name < n:
-			return -1
-		case c.Name > n:
-			return 1
+	lo, hi := 0, len(peer.conns)
+	for lo < hi {
+		mid := int(uint(lo+hi) >> 1)
+		if peer.conns[mid].Name < name {
+			lo = mid + 1
+		} else {
+			hi = mid
 		}
-		return 0
-	})
-	if !ok {
-		return connectionSummary{}, false
 	}
-	return peer.conns[i], true
+	if lo < len(peer.conns) && peer.conns[lo].Name == name {
+		return peer.conns[lo], true
+	}
+	return connectionSummary{}, false
 }
 
 func (peer *Peer) summary() peerSummary {

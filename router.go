@@ -27,8 +27,10 @@ type Config struct {
 	// peers of a mesh must use the same password. An empty but non-nil
 	// password still means "encrypted".
 	Password []byte
-	// ConnLimit is the maximum number of connections; 0 means
-	// DefaultConnLimit.
+	// ConnLimit bounds the connections this router makes: it dials no
+	// more once it has this many. It accepts connections from others up to
+	// four times as many, so that peers that know only this one can join.
+	// 0 means DefaultConnLimit.
 	ConnLimit int
 	// ProtocolMinVersion is the oldest protocol version accepted (1 or 2);
 	// 0 means ProtocolMinVersion.
@@ -74,7 +76,7 @@ const (
 	maxConnectionsPerPeer = 10000
 	// defaultTopologyInterval is the shortest time between two topology
 	// messages on one connection: changes made meanwhile are sent together.
-	defaultTopologyInterval = 20 * time.Millisecond
+	defaultTopologyInterval = 5 * time.Millisecond
 	// routeDelay is how long route recomputation waits for more changes.
 	routeDelay = 5 * time.Millisecond
 	// readBufferSize is the read buffer of each connection: small, as
@@ -478,9 +480,9 @@ func (router *Router) addConnection(c *LocalConnection) error {
 		}
 		delete(router.conns, c.remoteName)
 		replaced = old
-	} else if len(router.conns) >= router.ConnLimit {
+	} else if limit := router.connectionCap(c.outbound); len(router.conns) >= limit {
 		router.mu.Unlock()
-		return fmt.Errorf("%w (limit %d)", ErrConnLimit, router.ConnLimit)
+		return fmt.Errorf("%w (limit %d)", ErrConnLimit, limit)
 	}
 	router.conns[c.remoteName] = c
 	established := overlayEstablished(c.overlayConn)
@@ -505,7 +507,7 @@ func (router *Router) addConnection(c *LocalConnection) error {
 			router.watchOverlay(c)
 		}()
 	}
-	c.q.pushTopology(nil, true)
+	c.q.pushTopologySync(c.digests)
 	for _, ch := range router.channelList() {
 		ch.deliver(inboxNewNeighbour, c.remoteName, nil)
 	}
@@ -547,6 +549,19 @@ func (router *Router) watchOverlay(c *LocalConnection) {
 		c.established.Store(true)
 		router.ourConnectionsChanged(nil)
 	}
+}
+
+// inboundHeadroom is how many times ConnLimit connections a router
+// accepts: the connection maker stops dialling at ConnLimit, but peers that
+// know only this one (the hub of a star) must still be able to join.
+const inboundHeadroom = 4
+
+// connectionCap is the most connections we may have when adding one.
+func (router *Router) connectionCap(outbound bool) int {
+	if outbound {
+		return router.ConnLimit
+	}
+	return inboundHeadroom * router.ConnLimit
 }
 
 // removeConnection unregisters a connection that ended.
@@ -649,13 +664,14 @@ func (router *Router) topologyLoop() {
 	defer routeTimer.Stop()
 	defer gcTimer.Stop()
 	routeArmed, gcArmed := false, false
+	routeSpacing := routeDelay
 	for {
 		select {
 		case <-router.stop:
 			return
 		case <-router.topoChanged:
 			if !routeArmed {
-				routeTimer.Reset(routeDelay)
+				routeTimer.Reset(routeSpacing)
 				routeArmed = true
 			}
 			continue
@@ -667,9 +683,14 @@ func (router *Router) topologyLoop() {
 			router.periodicGossip()
 			continue
 		}
+		began := time.Now()
 		router.Peers.mu.RLock()
 		changed := router.Routes.recalculate(router.Peers.topo)
 		router.Peers.mu.RUnlock()
+		// While changes keep coming, recompute no more often than ten
+		// times the cost of a recomputation, so that a large mesh in
+		// turmoil spends at most a tenth of a core on it.
+		routeSpacing = max(routeDelay, 10*time.Since(began))
 		if changed {
 			router.Routes.fireOnChange()
 		}
@@ -694,7 +715,7 @@ func (router *Router) periodicGossip() {
 	// repair anything missed, at a fraction of weave's cost in dense
 	// meshes, where the full topology is large.
 	if c := router.randomNeighbour(); c != nil {
-		c.q.pushTopology(nil, true)
+		c.q.pushTopologySync(c.digests)
 	}
 	for _, ch := range router.channelList() {
 		ch.deliver(inboxPeriodic, UnknownPeerName, nil)
@@ -773,8 +794,11 @@ func (router *Router) handleGossip(c *LocalConnection, body []byte) error {
 		}
 		ch.deliver(inboxBroadcast, m.Src, clone(m.Payload))
 	case tagGossip:
-		if m.Channel == topologyChannel {
+		switch {
+		case m.Channel == topologyChannel:
 			return router.handleTopology(c, m.Payload)
+		case m.Channel == digestChannel && c.digests:
+			return router.handleDigest(c, m.Payload)
 		}
 		ch := router.channel(m.Channel)
 		if ch == nil {
@@ -805,9 +829,12 @@ func (router *Router) handleTopology(c *LocalConnection, payload []byte) error {
 	relay := make(map[PeerName][]PeerName)
 	router.Peers.mu.Lock()
 	res := router.Peers.topo.apply(updates)
-	for _, x := range res.changed {
-		for _, n := range router.Peers.topo.relayTargets(x, c.remoteName, neighbours) {
-			relay[n] = append(relay[n], x)
+	if len(res.changed) > 0 {
+		rc := router.Peers.topo.newRelayContext(c.remoteName, neighbours)
+		for _, x := range res.changed {
+			for _, n := range rc.targets(x) {
+				relay[n] = append(relay[n], x)
+			}
 		}
 	}
 	router.Peers.mu.Unlock()

@@ -2,6 +2,7 @@ package mesh
 
 import (
 	"math/bits"
+	"slices"
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
@@ -43,23 +44,31 @@ func buildGraph(t *topology) *graph {
 		total += len(p.conns)
 	}
 	// One backing array for all adjacency lists keeps this to a few
-	// allocations however large the mesh is.
+	// allocations however large the mesh is. Names are numbered in order
+	// and each connection list is sorted by name, so every adjacency list
+	// is sorted too, and the check for the connection back is a binary
+	// search over integers.
 	backing := make([]int32, 0, 2*total)
+	established := make([]bool, 0, total)
+	estStart := make([]int, len(peers))
 	for i, p := range peers {
 		start := len(backing)
+		estStart[i] = len(established)
 		for _, c := range p.conns {
 			if j, ok := g.index[c.Name]; ok {
 				backing = append(backing, j)
+				established = append(established, c.Established)
 			}
 		}
 		g.all[i] = backing[start:len(backing):len(backing)]
-		start = len(backing)
-		for _, c := range p.conns {
-			j, ok := g.index[c.Name]
-			if !ok || !c.Established {
+	}
+	for i := range peers {
+		start := len(backing)
+		for k, j := range g.all[i] {
+			if !established[estStart[i]+k] {
 				continue
 			}
-			if back, ok := peers[j].connectionTo(p.Name); ok && back.Established {
+			if back, ok := slices.BinarySearch(g.all[j], int32(i)); ok && established[estStart[j]+back] {
 				backing = append(backing, j)
 			}
 		}

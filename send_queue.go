@@ -58,6 +58,7 @@ type sendQueue struct {
 	limit    int
 	topoFull bool
 	topo     map[PeerName]struct{}
+	digest   bool
 	gossip   map[gossipKey]GossipData
 	order    []gossipKey
 	closed   bool
@@ -125,6 +126,26 @@ func (q *sendQueue) pushTopology(names []PeerName, full bool) {
 	q.signal()
 }
 
+// pushTopologySync starts an exchange of topologies: our digest when the
+// remote understands digests, else the full topology.
+func (q *sendQueue) pushTopologySync(digests bool) {
+	if digests {
+		q.pushDigest()
+	} else {
+		q.pushTopology(nil, true)
+	}
+}
+
+// pushDigest asks for our topology digest to be sent.
+func (q *sendQueue) pushDigest() {
+	q.mu.Lock()
+	if !q.closed {
+		q.digest = true
+	}
+	q.mu.Unlock()
+	q.signal()
+}
+
 // pushGossip queues data, merging it into what waits under the same key.
 func (q *sendQueue) pushGossip(key gossipKey, data GossipData) {
 	q.mu.Lock()
@@ -151,6 +172,7 @@ type sendBatch struct {
 	count    int
 	topoFull bool
 	topo     []PeerName
+	digest   bool
 	gossip   []GossipData
 	keys     []gossipKey
 }
@@ -173,6 +195,7 @@ func (q *sendQueue) take(b *sendBatch, withTopology bool) (hasTopology bool) {
 		clear(q.topo)
 	}
 	hasTopology = q.topoFull || len(q.topo) > 0
+	b.digest, q.digest = q.digest, false
 	b.keys = b.keys[:0]
 	b.gossip = b.gossip[:0]
 	for _, k := range q.order {

@@ -16,8 +16,11 @@ import (
 type topology struct {
 	ourName PeerName
 	ourUID  PeerUID
-	peers   *btree.BTreeG[*Peer]
-	limits  topologyLimits
+	// peers orders the peers by name, for deterministic iteration; byName
+	// finds them without allocating a search key.
+	peers  *btree.BTreeG[*Peer]
+	byName map[PeerName]*Peer
+	limits topologyLimits
 
 	// unreachableSince records when (in the caller's clock, nanoseconds) a
 	// peer was first seen unreachable; gc removes it after a grace period.
@@ -51,18 +54,30 @@ func newTopology(ourself *Peer, limits topologyLimits) *topology {
 		ourName:          ourself.Name,
 		ourUID:           ourself.UID,
 		peers:            btree.NewG(16, peerLess),
+		byName:           make(map[PeerName]*Peer),
 		limits:           limits,
 		unreachableSince: make(map[PeerName]int64),
 		tombstones:       make(map[PeerName]tombstone),
 	}
-	t.peers.ReplaceOrInsert(ourself)
+	t.put(ourself)
 	return t
+}
+
+// put adds or replaces a peer's entry.
+func (t *topology) put(p *Peer) {
+	t.peers.ReplaceOrInsert(p)
+	t.byName[p.Name] = p
+}
+
+// remove deletes a peer's entry.
+func (t *topology) remove(p *Peer) {
+	t.peers.Delete(p)
+	delete(t.byName, p.Name)
 }
 
 // get returns the peer with the given name, or nil.
 func (t *topology) get(name PeerName) *Peer {
-	p, _ := t.peers.Get(&Peer{Name: name})
-	return p
+	return t.byName[name]
 }
 
 // ourself returns our own current entry.
@@ -80,7 +95,7 @@ func (t *topology) setOurConnections(conns []connectionSummary) *Peer {
 	p := *old
 	p.conns = sortConnections(conns)
 	p.Version = bumpVersion(old.Version)
-	t.peers.ReplaceOrInsert(&p)
+	t.put(&p)
 	return &p
 }
 
@@ -106,7 +121,7 @@ func (t *topology) addPeerIfUnknown(s peerSummary) (*Peer, bool) {
 		return nil, false
 	}
 	p := &Peer{Name: s.Name, NickName: s.NickName, UID: s.UID, Version: s.Version, ShortID: s.ShortID, HasShortID: s.HasShortID}
-	t.peers.ReplaceOrInsert(p)
+	t.put(p)
 	t.forgetTombstone(s.Name)
 	return p, true
 }
@@ -174,7 +189,7 @@ func (t *topology) apply(updates []peerUpdate) mergeResult {
 			ShortID: u.ShortID, HasShortID: u.HasShortID,
 			conns: sortConnections(conns),
 		}
-		t.peers.ReplaceOrInsert(p)
+		t.put(p)
 		t.forgetTombstone(u.Name)
 		res.changed = append(res.changed, u.Name)
 		for _, c := range p.conns {
@@ -190,7 +205,7 @@ func (t *topology) addPlaceholder(name PeerName) bool {
 	if t.limits.MaxPeers > 0 && t.peers.Len() >= t.limits.MaxPeers {
 		return false
 	}
-	t.peers.ReplaceOrInsert(&Peer{Name: name})
+	t.put(&Peer{Name: name})
 	return true
 }
 
@@ -202,7 +217,7 @@ func (t *topology) bumpOurselfAbove(v uint64) bool {
 	}
 	p := *old
 	p.Version = v + 1
-	t.peers.ReplaceOrInsert(&p)
+	t.put(&p)
 	return true
 }
 
@@ -233,17 +248,6 @@ func (t *topology) addTombstone(p *Peer) {
 	}
 }
 
-// adjacent reports whether a and b both report a connection to each other.
-func (t *topology) adjacent(a, b PeerName) bool {
-	pa, pb := t.get(a), t.get(b)
-	if pa == nil || pb == nil {
-		return false
-	}
-	_, ab := pa.connectionTo(b)
-	_, ba := pb.connectionTo(a)
-	return ab && ba
-}
-
 // relayTargets decides which of our neighbours an entry of peer x, received
 // from neighbour from, is passed on to: those adjacent neither to x (x sends
 // its own entry to each of its neighbours) nor to from (from passes it on to
@@ -252,14 +256,52 @@ func (t *topology) adjacent(a, b PeerName) bool {
 // views differ the sender-side repair of stale entries and the periodic
 // gossip make up for what is missed.
 func (t *topology) relayTargets(x, from PeerName, neighbours []PeerName) []PeerName {
+	return t.newRelayContext(from, neighbours).targets(x)
+}
+
+// relayContext caches what relay decisions for one received update share:
+// our neighbours' entries, and which of them are adjacent to the sender.
+type relayContext struct {
+	t          *topology
+	from       PeerName
+	neighbours []*Peer
+	names      []PeerName
+	skip       []bool // adjacent to the sender, or the sender itself
+}
+
+func (t *topology) newRelayContext(from PeerName, neighbours []PeerName) *relayContext {
+	rc := &relayContext{t: t, from: from, names: neighbours, neighbours: make([]*Peer, len(neighbours)), skip: make([]bool, len(neighbours))}
+	fromPeer := t.get(from)
+	for i, n := range neighbours {
+		p := t.get(n)
+		rc.neighbours[i] = p
+		rc.skip[i] = n == from || adjacentPeers(p, fromPeer)
+	}
+	return rc
+}
+
+// targets returns the neighbours an entry of x is passed on to.
+func (rc *relayContext) targets(x PeerName) []PeerName {
+	xp := rc.t.get(x)
 	var out []PeerName
-	for _, n := range neighbours {
-		if n == from || n == x || t.adjacent(n, x) || t.adjacent(n, from) {
+	for i, n := range rc.names {
+		if rc.skip[i] || n == x || adjacentPeers(rc.neighbours[i], xp) {
 			continue
 		}
 		out = append(out, n)
 	}
 	return out
+}
+
+// adjacentPeers reports whether a and b both report a connection to each
+// other.
+func adjacentPeers(a, b *Peer) bool {
+	if a == nil || b == nil {
+		return false
+	}
+	_, ab := a.connectionTo(b.Name)
+	_, ba := b.connectionTo(a.Name)
+	return ab && ba
 }
 
 // reachable returns the set of peers reachable from us over every known
@@ -310,7 +352,7 @@ func (t *topology) gc(now, grace int64) []*Peer {
 			since = now
 		}
 		if now-since >= grace {
-			t.peers.Delete(p)
+			t.remove(p)
 			delete(t.unreachableSince, p.Name)
 			if !p.isPlaceholder() {
 				t.addTombstone(p)

@@ -172,7 +172,7 @@ func runFormation(cfg *config, res *Results) *table {
 				}
 				t.add(sys, b, fmt.Sprint(n), formed, stats.Seconds(r.StartSpanSeconds),
 					stats.Bytes(float64(r.BytesSent)), stats.Bytes(float64(r.BytesSent)/float64(n)),
-					fmt.Sprintf("%d/%d", r.MinKnown, r.MedianKnown), status(r.Converged, r.Error))
+					known(r.MinKnown, r.MedianKnown), status(r.Converged, r.Error))
 			}
 		}
 	}
@@ -196,12 +196,25 @@ func runBroadcast(cfg *config, res *Results) *table {
 			if r.Error != "" {
 				st = "error: " + r.Error
 			}
+			if r.Sent == 0 {
+				t.add(sys, fmt.Sprint(n), "-", "-", "-", "-", "-", st)
+				continue
+			}
 			t.add(sys, fmt.Sprint(n), fmt.Sprintf("%d/%d", r.Complete, r.Sent), fmt.Sprintf("%.1f%%", r.DeliveredPct),
 				latency(r.P50Ms, o.Timeout), latency(r.P99Ms, o.Timeout), latency(r.MaxMs, o.Timeout), st)
 		}
 	}
 	t.note("complete: messages that reached every other peer within %s; delivered: share of (message, peer) pairs. Sent %s after formation.", stats.Duration(o.Timeout), stats.Duration(o.Settle))
 	return t
+}
+
+// known formats the least and median number of peers known; -1 means the
+// count did not finish in time.
+func known(lowest, median int) string {
+	if lowest < 0 {
+		return "not counted (locks busy)"
+	}
+	return fmt.Sprintf("%d/%d", lowest, median)
 }
 
 func latency(ms float64, timeout time.Duration) string {
@@ -400,7 +413,7 @@ func runScale(cfg *config, res *Results) *table {
 		if !r.Converged {
 			formed = "> " + stats.Duration(o.FormationTimeout)
 		}
-		t.add(fmt.Sprint(n), formed, stats.Seconds(r.StartSpanSeconds), fmt.Sprintf("%d/%d", r.MinKnown, r.MedianKnown),
+		t.add(fmt.Sprint(n), formed, stats.Seconds(r.StartSpanSeconds), known(r.MinKnown, r.MedianKnown),
 			megabytes(r.RSSBytes), stats.Bytes(r.RSSPerPeerBytes), fmt.Sprintf("%.2f", r.CPUSeconds),
 			fmt.Sprintf("%.2fms", r.CPUPerPeerMs), stats.Count(r.BytesPerPeerPerSec), fmt.Sprint(r.ConnectionEnds),
 			fmt.Sprint(r.Goroutines), status(r.Converged, r.Error))

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/gossip-mesh/mesh"
+	"github.com/gossip-mesh/mesh/bench/internal/stats"
 )
 
 // System names a library under test.
@@ -118,20 +119,58 @@ func pollInterval(n int) time.Duration {
 
 // waitFormed polls c until every member knows every other one, or until
 // timeout has passed since the last member's start. It returns the time
-// from that start to the first poll that found the cluster formed.
+// from that start to the end of the first poll that found the cluster
+// formed. A poll is bounded too: in a mesh whose topology locks are
+// saturated one can take seconds, and one still running at the deadline
+// is abandoned (it ends at the latest when the cluster is stopped).
 func waitFormed(c cluster, timeout time.Duration) (time.Duration, bool) {
 	_, origin := c.startTimes()
 	interval := pollInterval(c.size())
-	deadline := origin.Add(timeout)
+	deadline := time.NewTimer(time.Until(origin.Add(timeout)))
+	defer deadline.Stop()
+	result := make(chan bool, 1)
 	for {
-		if c.converged() {
-			return time.Since(origin), true
-		}
-		if time.Now().After(deadline) {
+		go func() { result <- c.converged() }()
+		select {
+		case ok := <-result:
+			if ok {
+				return time.Since(origin), true
+			}
+		case <-deadline.C:
 			return time.Since(origin), false
 		}
-		time.Sleep(interval)
+		select {
+		case <-time.After(interval):
+		case <-deadline.C:
+			return time.Since(origin), false
+		}
 	}
+}
+
+// progressTimeout bounds the final count of what every member knows.
+const progressTimeout = 15 * time.Second
+
+// progressWithin returns c.progress(), or nil when it takes longer than
+// timeout.
+func progressWithin(c cluster, timeout time.Duration) []int {
+	result := make(chan []int, 1)
+	go func() { result <- c.progress() }()
+	select {
+	case p := <-result:
+		return p
+	case <-time.After(timeout):
+		return nil
+	}
+}
+
+// minMedianKnown returns the least and the median number of members known
+// by a member, or -1, -1 when they could not be counted in time.
+func minMedianKnown(c cluster) (lowest, median int) {
+	p := progressWithin(c, progressTimeout)
+	if p == nil {
+		return -1, -1
+	}
+	return stats.MinMedian(p)
 }
 
 // benchGossiper is the mesh Gossiper of the scenarios: it counts unicasts

@@ -2,8 +2,6 @@ package harness
 
 import (
 	"time"
-
-	"github.com/gossip-mesh/mesh/bench/internal/stats"
 )
 
 // FormationResult is the outcome of one formation run.
@@ -47,7 +45,7 @@ func Formation(sys System, b Bootstrap, n int, timeout time.Duration) FormationR
 	if ok {
 		res.MinKnown, res.MedianKnown = n, n
 	} else {
-		res.MinKnown, res.MedianKnown = stats.MinMedian(c.progress())
+		res.MinKnown, res.MedianKnown = minMedianKnown(c)
 	}
 	if err := c.stop(); err != nil {
 		res.Error = err.Error()

@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/gossip-mesh/mesh"
-	"github.com/gossip-mesh/mesh/bench/internal/stats"
 )
 
 // IdleResult describes a formed cluster doing nothing. It is measured in a
@@ -240,7 +239,7 @@ func Scale(n int, o ScaleOptions) ScaleResult {
 	if ok {
 		res.MinKnown, res.MedianKnown = n, n
 	} else {
-		res.MinKnown, res.MedianKnown = stats.MinMedian(c.progress())
+		res.MinKnown, res.MedianKnown = minMedianKnown(c)
 		errs = append(errs, errors.New("formation timed out"))
 	}
 	time.Sleep(o.Settle)
