@@ -2,8 +2,8 @@ package mesh
 
 import (
 	"math/bits"
-	"slices"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"sync/atomic"
 )

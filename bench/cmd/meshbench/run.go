@@ -308,6 +308,7 @@ func runChild(spec string) int {
 	if _, err := harness.RaiseFileLimit(); err != nil {
 		fmt.Fprintln(os.Stderr, "meshbench child: raising the open file limit:", err)
 	}
+	harness.Log = func(format string, args ...any) { progress("  "+format, args...) }
 	var out any
 	switch s.Kind {
 	case "idle":
@@ -366,7 +367,7 @@ func runIdle(cfg *config, res *Results) *table {
 		for _, sys := range cfg.systems {
 			progress("idle %s N=%d (%s)", sys, n, stats.Duration(cfg.idle))
 			var r harness.IdleResult
-			if err := inChild(childSpec{Kind: "idle", System: harness.System(sys), N: n, Idle: o}, o.FormationTimeout+o.Settle+o.Idle+time.Minute, &r); err != nil {
+			if err := inChild(childSpec{Kind: "idle", System: harness.System(sys), N: n, Idle: o}, o.FormationTimeout+o.Settle+o.Idle+4*time.Minute, &r); err != nil {
 				r = harness.IdleResult{System: harness.System(sys), N: n, Error: err.Error()}
 			}
 			res.Idle = append(res.Idle, r)
@@ -405,7 +406,7 @@ func runScale(cfg *config, res *Results) *table {
 	for _, n := range cfg.scaleSizes {
 		progress("scale mesh N=%d", n)
 		var r harness.ScaleResult
-		if err := inChild(childSpec{Kind: "scale", N: n, Scale: o}, o.FormationTimeout+o.Settle+o.Idle+2*time.Minute, &r); err != nil {
+		if err := inChild(childSpec{Kind: "scale", N: n, Scale: o}, o.FormationTimeout+o.Settle+o.Idle+4*time.Minute, &r); err != nil {
 			r = harness.ScaleResult{N: n, ConnLimit: o.ConnLimit, Error: err.Error()}
 		}
 		res.Scale = append(res.Scale, r)

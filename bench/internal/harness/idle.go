@@ -79,6 +79,7 @@ func Idle(sys System, n int, o IdleOptions) IdleResult {
 	}
 	elapsed, ok := waitFormed(c, o.FormationTimeout)
 	res.Converged, res.FormationSeconds = ok, elapsed.Seconds()
+	logf("idle %s N=%d: formed=%v after %v", sys, n, ok, elapsed.Round(time.Millisecond))
 	if !ok {
 		errs = append(errs, errors.New("formation timed out"))
 	}
@@ -140,6 +141,15 @@ func measureWindow(c cluster, d time.Duration) (window, error) {
 	w.heap = ms.HeapInuse
 	w.rss, err = rssBytes()
 	return w, err
+}
+
+// Log receives the progress lines of long scenarios; nil discards them.
+var Log func(format string, args ...any)
+
+func logf(format string, args ...any) {
+	if Log != nil {
+		Log(format, args...)
+	}
 }
 
 // settleRuntime lets goroutines that are ending end, and collects garbage.
@@ -232,8 +242,10 @@ func Scale(n int, o ScaleOptions) ScaleResult {
 		res.Error = err.Error()
 		return res
 	}
+	logf("scale N=%d: %d routers started", n, n)
 	elapsed, ok := waitFormed(c, o.FormationTimeout)
 	res.Converged, res.FormationSeconds = ok, elapsed.Seconds()
+	logf("scale N=%d: formed=%v after %v", n, ok, elapsed.Round(time.Millisecond))
 	first, origin := c.startTimes()
 	res.StartSpanSeconds = origin.Sub(first).Seconds()
 	if ok {
@@ -241,6 +253,7 @@ func Scale(n int, o ScaleOptions) ScaleResult {
 	} else {
 		res.MinKnown, res.MedianKnown = minMedianKnown(c)
 		errs = append(errs, errors.New("formation timed out"))
+		logf("scale N=%d: known min/median %d/%d", n, res.MinKnown, res.MedianKnown)
 	}
 	time.Sleep(o.Settle)
 	w, err := measureWindow(c, o.Idle)
@@ -255,6 +268,7 @@ func Scale(n int, o ScaleOptions) ScaleResult {
 	res.RSSBytes, res.HeapBytes, res.Goroutines = w.rss, w.heap, w.goroutines
 	res.RSSPerPeerBytes = float64(res.RSSBytes-res.BaselineRSSBytes) / float64(n)
 	res.ConnectionEnds = c.connectionEnds()
+	logf("scale N=%d: measured; stopping", n)
 	if err := c.stop(); err != nil {
 		errs = append(errs, err)
 	}

@@ -241,13 +241,24 @@ func (c *meshCluster) bytesSent() int64 {
 	return n
 }
 
-// connectionEnds returns the sum over the routers of their connections.
+// connectionEnds returns the sum over the routers of their connections,
+// or -1 when counting takes longer than progressTimeout (the routers'
+// locks are that busy).
 func (c *meshCluster) connectionEnds() int {
-	n := 0
-	for _, r := range c.routers {
-		n += len(r.Ourself.Connections())
+	result := make(chan int, 1)
+	go func() {
+		n := 0
+		for _, r := range c.routers {
+			n += len(r.Ourself.Connections())
+		}
+		result <- n
+	}()
+	select {
+	case n := <-result:
+		return n
+	case <-time.After(progressTimeout):
+		return -1
 	}
-	return n
 }
 
 func (c *meshCluster) startTimes() (first, origin time.Time) { return c.firstStart, c.origin }
