@@ -446,6 +446,10 @@ func (cm *ConnectionMaker) topologyChanged() {
 		connectedNames[name] = true
 	}
 	r.mu.RUnlock()
+	if len(connectedNames) >= r.ConnLimit {
+		// Nothing would be dialled: spare the scan of the whole topology.
+		return
+	}
 	candidates := make(map[string]PeerName)
 	ourAddr := ""
 	if a := r.ListenAddr(); a != nil {

@@ -25,6 +25,11 @@ type topology struct {
 	// unreachableSince records when (in the caller's clock, nanoseconds) a
 	// peer was first seen unreachable; gc removes it after a grace period.
 	unreachableSince map[PeerName]int64
+	// linked records the peers gc has seen reachable. A peer learnt from
+	// gossip may stay unlinked for a while in a large mesh, until the
+	// updates that lead to it arrive: it gets a longer grace, and no
+	// tombstone.
+	linked map[PeerName]struct{}
 	// tombstones remember the incarnation and version of peers removed as
 	// unreachable, so that stale copies still circulating in other peers'
 	// gossip are not learned again. Bounded: the oldest are forgotten first.
@@ -57,6 +62,7 @@ func newTopology(ourself *Peer, limits topologyLimits) *topology {
 		byName:           make(map[PeerName]*Peer),
 		limits:           limits,
 		unreachableSince: make(map[PeerName]int64),
+		linked:           make(map[PeerName]struct{}),
 		tombstones:       make(map[PeerName]tombstone),
 	}
 	t.put(ourself)
@@ -249,33 +255,29 @@ func (t *topology) addTombstone(p *Peer) {
 }
 
 // relayTargets decides which of our neighbours an entry of peer x, received
-// from neighbour from, is passed on to: those adjacent neither to x (x sends
-// its own entry to each of its neighbours) nor to from (from passes it on to
-// its own neighbours, by this same rule). When every peer has the same view
-// this reaches every peer once and relays nothing in a full mesh; where
-// views differ the sender-side repair of stale entries and the periodic
-// gossip make up for what is missed.
+// from neighbour from, is passed on to: every one but from and those
+// adjacent to x, since x sends each new version of its own entry to all its
+// neighbours. This reaches every peer that some chain of new-to-it relays
+// leads to, relays nothing in a full mesh, and does not depend on how the
+// sender came by the entry (a relay, or an answer to a digest, which is not
+// passed on).
 func (t *topology) relayTargets(x, from PeerName, neighbours []PeerName) []PeerName {
 	return t.newRelayContext(from, neighbours).targets(x)
 }
 
 // relayContext caches what relay decisions for one received update share:
-// our neighbours' entries, and which of them are adjacent to the sender.
+// our neighbours' entries.
 type relayContext struct {
 	t          *topology
 	from       PeerName
 	neighbours []*Peer
 	names      []PeerName
-	skip       []bool // adjacent to the sender, or the sender itself
 }
 
 func (t *topology) newRelayContext(from PeerName, neighbours []PeerName) *relayContext {
-	rc := &relayContext{t: t, from: from, names: neighbours, neighbours: make([]*Peer, len(neighbours)), skip: make([]bool, len(neighbours))}
-	fromPeer := t.get(from)
+	rc := &relayContext{t: t, from: from, names: neighbours, neighbours: make([]*Peer, len(neighbours))}
 	for i, n := range neighbours {
-		p := t.get(n)
-		rc.neighbours[i] = p
-		rc.skip[i] = n == from || adjacentPeers(p, fromPeer)
+		rc.neighbours[i] = t.get(n)
 	}
 	return rc
 }
@@ -285,7 +287,7 @@ func (rc *relayContext) targets(x PeerName) []PeerName {
 	xp := rc.t.get(x)
 	var out []PeerName
 	for i, n := range rc.names {
-		if rc.skip[i] || n == x || adjacentPeers(rc.neighbours[i], xp) {
+		if n == rc.from || n == x || adjacentPeers(rc.neighbours[i], xp) {
 			continue
 		}
 		out = append(out, n)
@@ -327,15 +329,23 @@ func (t *topology) reachable() map[PeerName]struct{} {
 	return seen
 }
 
+// unlinkedGraceFactor is how many times longer than the grace period a
+// peer that was never reachable is kept.
+const unlinkedGraceFactor = 30
+
 // gc removes the peers that have been unreachable for at least grace
 // (times in nanoseconds of the caller's clock) and returns them. A peer
-// that becomes reachable again before that is kept.
+// that becomes reachable again before that is kept. A peer that was never
+// reachable is kept unlinkedGraceFactor times longer, and is not
+// tombstoned when removed.
 func (t *topology) gc(now, grace int64) []*Peer {
 	reach := t.reachable()
 	var removed []*Peer
 	var unreachable []*Peer
 	t.peers.Ascend(func(p *Peer) bool {
-		if _, ok := reach[p.Name]; !ok {
+		if _, ok := reach[p.Name]; ok {
+			t.linked[p.Name] = struct{}{}
+		} else {
 			unreachable = append(unreachable, p)
 		}
 		return true
@@ -351,10 +361,16 @@ func (t *topology) gc(now, grace int64) []*Peer {
 			t.unreachableSince[p.Name] = now
 			since = now
 		}
-		if now-since >= grace {
+		_, wasLinked := t.linked[p.Name]
+		limit := grace
+		if !wasLinked {
+			limit = unlinkedGraceFactor * grace
+		}
+		if now-since >= limit {
 			t.remove(p)
 			delete(t.unreachableSince, p.Name)
-			if !p.isPlaceholder() {
+			delete(t.linked, p.Name)
+			if wasLinked && !p.isPlaceholder() {
 				t.addTombstone(p)
 			}
 			removed = append(removed, p)

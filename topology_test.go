@@ -128,8 +128,11 @@ func TestTopologyGC(t *testing.T) {
 		require.Equal(t, []PeerName{testPeerName(2)}, res.changed)
 	})
 	t.Run("new incarnation is learnt", func(t *testing.T) {
+		// Learnt again but never linked: kept for the longer grace.
 		tp.gc(200, 10)
 		tp.gc(300, 10)
+		require.NotNil(t, tp.get(testPeerName(2)))
+		tp.gc(200+unlinkedGraceFactor*10, 10)
 		require.Nil(t, tp.get(testPeerName(2)))
 		res := tp.apply([]peerUpdate{update(2, 23, 1, conn(1, true))})
 		require.Equal(t, []PeerName{testPeerName(2)}, res.changed)
@@ -176,4 +179,19 @@ func TestUpdatesForEncodesCurrentEntries(t *testing.T) {
 	require.Len(t, decoded, 2)
 	require.Equal(t, all[1].peerSummary, decoded[1].peerSummary)
 	require.Equal(t, all[1].Connections, decoded[1].Connections)
+}
+
+// A peer learnt before any path to it is known is not removed at the short
+// grace, and not tombstoned: its entry is accepted again later.
+func TestTopologyUnlinkedPeerKeptLonger(t *testing.T) {
+	tp := newTestTopology(0)
+	tp.setOurConnections([]connectionSummary{conn(1, true)})
+	tp.apply([]peerUpdate{update(1, 11, 1, conn(0, true)), update(5, 55, 4, conn(4, true))})
+	require.Empty(t, tp.gc(0, 10))
+	require.Empty(t, tp.gc(100, 10), "unlinked: longer grace")
+	removed := tp.gc(unlinkedGraceFactor*10, 10)
+	require.Len(t, removed, 2, "peer 5 and the placeholder of peer 4")
+	require.Empty(t, tp.tombstones, "never linked, so no tombstone")
+	res := tp.apply([]peerUpdate{update(5, 55, 4, conn(4, true))})
+	require.Equal(t, []PeerName{testPeerName(5)}, res.changed)
 }

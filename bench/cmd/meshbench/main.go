@@ -46,6 +46,7 @@ type config struct {
 	bcastCount    int
 	bcastInterval time.Duration
 	settle        time.Duration
+	settleMax     time.Duration
 }
 
 // allScenarios lists the scenarios in the order they run.
@@ -93,6 +94,8 @@ func parseFlags(fs *flag.FlagSet, args []string) (*config, error) {
 		jsonFile   = fs.String("json", "", "write all results as JSON to this `file`")
 		markdown   = fs.Bool("markdown", false, "print the tables as Markdown")
 		quick      = fs.Bool("quick", false, "smoke run: small sizes and short durations (under a minute)")
+		settle     = fs.Duration("settle", time.Second, "pause after formation before the broadcasts; idle and scale windows start at least 3 times as long after formation")
+		settleMax  = fs.Duration("settle-max", time.Minute, "idle and scale: longest wait after formation for mesh's connections to stop changing (for 5 times -settle)")
 	)
 	fs.Usage = func() {
 		out := fs.Output()
@@ -124,7 +127,7 @@ func parseFlags(fs *flag.FlagSet, args []string) (*config, error) {
 		// Shorter everything, unless given explicitly.
 		quickDefaults := map[string]string{
 			"n": "10,30", "duration": "500ms", "idle": "2s", "idle-n": "10",
-			"scale-n": "50", "scale-idle": "2s", "timeout": "10s", "scale-timeout": "20s",
+			"scale-n": "50", "scale-idle": "2s", "timeout": "10s", "scale-timeout": "20s", "settle": "300ms", "settle-max": "5s",
 		}
 		for name, v := range quickDefaults {
 			if !set[name] {
@@ -137,10 +140,10 @@ func parseFlags(fs *flag.FlagSet, args []string) (*config, error) {
 	cfg := &config{
 		duration: *duration, idle: *idle, scaleConnLimit: *scaleLimit, scaleIdle: *scaleIdle,
 		timeout: *timeout, scaleTimeout: *scaleTO, jsonFile: *jsonFile, markdown: *markdown, quick: *quick,
-		bcastCount: 20, bcastInterval: 100 * time.Millisecond, settle: time.Second,
+		bcastCount: 20, bcastInterval: 100 * time.Millisecond, settle: *settle, settleMax: *settleMax,
 	}
 	if *quick {
-		cfg.bcastCount, cfg.bcastInterval, cfg.settle = 10, 50*time.Millisecond, 300*time.Millisecond
+		cfg.bcastCount, cfg.bcastInterval = 10, 50*time.Millisecond
 	}
 	var err error
 	if cfg.scenarios, err = parseNames(*scenarios, allScenarios); err != nil {
@@ -169,6 +172,8 @@ func parseFlags(fs *flag.FlagSet, args []string) (*config, error) {
 	switch {
 	case cfg.duration <= 0 || cfg.idle <= 0 || cfg.scaleIdle <= 0:
 		return nil, fmt.Errorf("-duration, -idle and -scale-idle must be positive")
+	case cfg.settle < 0 || cfg.settleMax < 0:
+		return nil, fmt.Errorf("-settle and -settle-max must not be negative")
 	case cfg.timeout <= 0 || cfg.scaleTimeout <= 0:
 		return nil, fmt.Errorf("-timeout and -scale-timeout must be positive")
 	case cfg.scaleConnLimit < 1:

@@ -28,6 +28,8 @@ type Machine struct {
 	// other work on the machine skews every figure.
 	LoadAvgStart string `json:"loadavg_start"`
 	LoadAvgEnd   string `json:"loadavg_end"`
+	// Library is the git revision of the mesh checkout the run used.
+	Library string `json:"library"`
 }
 
 // Results is everything a run measured, as written by -json.
@@ -59,10 +61,11 @@ func run(cfg *config) error {
 		Machine: Machine{
 			CPUs: runtime.NumCPU(), CPUModel: cpuModel(), GoVersion: runtime.Version(),
 			OS: runtime.GOOS + "/" + runtime.GOARCH, FileLimit: limit, LoadAvgStart: loadAvg(),
+			Library: libraryRevision(),
 		},
 	}
-	fmt.Printf("meshbench %s: %d CPUs (%s), %s, %s, open files %d, load average %s\n",
-		res.Date, res.Machine.CPUs, res.Machine.CPUModel, res.Machine.GoVersion, res.Machine.OS, limit, res.Machine.LoadAvgStart)
+	fmt.Printf("meshbench %s: mesh %s; %d CPUs (%s), %s, %s, open files %d, load average %s\n",
+		res.Date, res.Machine.Library, res.Machine.CPUs, res.Machine.CPUModel, res.Machine.GoVersion, res.Machine.OS, limit, res.Machine.LoadAvgStart)
 	started := time.Now()
 	var errs []error
 	for _, sc := range allScenarios {
@@ -113,6 +116,27 @@ func run(cfg *config) error {
 // progress reports what is running on stderr, so stdout keeps the tables.
 func progress(format string, args ...any) {
 	fmt.Fprintf(os.Stderr, "%s  %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(format, args...))
+}
+
+// libraryRevision describes the mesh checkout the bench module builds
+// against (its go.mod replaces the library with ../): the commit, and
+// whether files of the library outside bench/ have uncommitted changes.
+func libraryRevision() string {
+	root, err := exec.Command("git", "rev-parse", "--show-toplevel").Output()
+	if err != nil {
+		return "revision unknown"
+	}
+	dir := strings.TrimSpace(string(root))
+	rev, err := exec.Command("git", "-C", dir, "rev-parse", "--short", "HEAD").Output()
+	if err != nil {
+		return "revision unknown"
+	}
+	out := "commit " + strings.TrimSpace(string(rev))
+	dirty, err := exec.Command("git", "-C", dir, "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)bench").Output()
+	if err == nil && len(bytes.TrimSpace(dirty)) > 0 {
+		out += " with uncommitted changes"
+	}
+	return out
 }
 
 // loadAvg returns the 1, 5 and 15 minute load averages from /proc/loadavg.
@@ -357,17 +381,17 @@ func inChild(spec childSpec, timeout time.Duration, out any) error {
 }
 
 func runIdle(cfg *config, res *Results) *table {
-	o := harness.IdleOptions{Idle: cfg.idle, FormationTimeout: cfg.timeout, Settle: 3 * cfg.settle}
+	o := harness.IdleOptions{Idle: cfg.idle, FormationTimeout: cfg.timeout, Settle: settleOptions(cfg)}
 	t := &table{
 		title:  fmt.Sprintf("idle: formed star cluster left alone for %s (own process)", stats.Duration(cfg.idle)),
-		header: []string{"system", "N", "CPU-s", "CPU-s/30s", "RSS", "Go heap", "goroutines", "routers", "conn ends", "g/conn end", "bytes/peer/s", "status"},
+		header: []string{"system", "N", "settled", "CPU-s", "CPU-s/30s", "RSS", "Go heap", "goroutines", "routers", "conn ends", "g/conn end", "bytes/peer/s", "status"},
 	}
 	var perRouter int
 	for _, n := range cfg.idleSizes {
 		for _, sys := range cfg.systems {
 			progress("idle %s N=%d (%s)", sys, n, stats.Duration(cfg.idle))
 			var r harness.IdleResult
-			if err := inChild(childSpec{Kind: "idle", System: harness.System(sys), N: n, Idle: o}, o.FormationTimeout+o.Settle+o.Idle+4*time.Minute, &r); err != nil {
+			if err := inChild(childSpec{Kind: "idle", System: harness.System(sys), N: n, Idle: o}, o.FormationTimeout+o.Settle.Max+o.Idle+4*time.Minute, &r); err != nil {
 				r = harness.IdleResult{System: harness.System(sys), N: n, Error: err.Error()}
 			}
 			res.Idle = append(res.Idle, r)
@@ -379,25 +403,39 @@ func runIdle(cfg *config, res *Results) *table {
 				}
 				perRouter = r.RouterGoroutines
 			}
-			t.add(sys, fmt.Sprint(n), fmt.Sprintf("%.2f", r.CPUSeconds), fmt.Sprintf("%.2f", r.CPUPer30s),
+			t.add(sys, fmt.Sprint(n), settled(r.SettleSeconds, r.Settled), fmt.Sprintf("%.2f", r.CPUSeconds), fmt.Sprintf("%.2f", r.CPUPer30s),
 				megabytes(r.RSSBytes), megabytes(int64(r.HeapBytes)), fmt.Sprint(r.Goroutines), fmt.Sprint(r.Routers),
 				ends, gpe, stats.Count(r.BytesPerPeerPerSec), status(r.Converged, r.Error))
 		}
 	}
-	t.note("CPU: user+system of the whole process over the window. RSS: VmRSS at the end (MB = 10^6 bytes). Measured %s after formation.", stats.Duration(o.Settle))
+	t.note("settled: time from formation to the window: at least %s and, for mesh, until the number of connection ends has not changed for %s (at most %s). CPU: user+system of the whole process over the window. RSS: VmRSS at the end (MB = 10^6 bytes).",
+		stats.Duration(o.Settle.Min), stats.Duration(o.Settle.Stable), stats.Duration(o.Settle.Max))
 	if perRouter > 0 {
 		t.note("g/conn end (mesh): (goroutines - goroutines before the routers - routers x %d) / connection ends, %d being what one router with one channel and no connection runs.", perRouter, perRouter)
 	}
 	return t
 }
 
+// settleOptions derives when idle and scale windows start from the flags.
+func settleOptions(cfg *config) harness.SettleOptions {
+	return harness.SettleOptions{Min: 3 * cfg.settle, Stable: 5 * cfg.settle, Max: max(cfg.settleMax, 3*cfg.settle)}
+}
+
+// settled describes how long a cluster took to settle after formation.
+func settled(secs float64, ok bool) string {
+	if !ok {
+		return "not stable after " + stats.Seconds(secs)
+	}
+	return stats.Seconds(secs)
+}
+
 func megabytes(b int64) string { return fmt.Sprintf("%.1f MB", float64(b)/1e6) }
 
 func runScale(cfg *config, res *Results) *table {
-	o := harness.ScaleOptions{ConnLimit: cfg.scaleConnLimit, FormationTimeout: cfg.scaleTimeout, Settle: 3 * cfg.settle, Idle: cfg.scaleIdle, Seed: 1}
+	o := harness.ScaleOptions{ConnLimit: cfg.scaleConnLimit, FormationTimeout: cfg.scaleTimeout, Settle: settleOptions(cfg), Idle: cfg.scaleIdle, Seed: 1}
 	t := &table{
 		title:  fmt.Sprintf("scale (mesh only): ConnLimit %d, each peer knows 2 random earlier peers, peer discovery on (own process)", o.ConnLimit),
-		header: []string{"N", "formation", "start span", "known min/median", "RSS", "RSS/peer", "CPU-s idle", "CPU/peer", "bytes/peer/s", "conn ends", "goroutines", "status"},
+		header: []string{"N", "formation", "start span", "known min/median", "settled", "RSS", "RSS/peer", "CPU-s idle", "CPU/peer", "bytes/peer/s", "conn ends", "goroutines", "status"},
 	}
 	if !has(cfg.systems, "mesh") {
 		t.note("skipped: mesh is not among -systems")
@@ -406,7 +444,7 @@ func runScale(cfg *config, res *Results) *table {
 	for _, n := range cfg.scaleSizes {
 		progress("scale mesh N=%d", n)
 		var r harness.ScaleResult
-		if err := inChild(childSpec{Kind: "scale", N: n, Scale: o}, o.FormationTimeout+o.Settle+o.Idle+4*time.Minute, &r); err != nil {
+		if err := inChild(childSpec{Kind: "scale", N: n, Scale: o}, o.FormationTimeout+o.Settle.Max+o.Idle+4*time.Minute, &r); err != nil {
 			r = harness.ScaleResult{N: n, ConnLimit: o.ConnLimit, Error: err.Error()}
 		}
 		res.Scale = append(res.Scale, r)
@@ -415,10 +453,10 @@ func runScale(cfg *config, res *Results) *table {
 			formed = "> " + stats.Duration(o.FormationTimeout)
 		}
 		t.add(fmt.Sprint(n), formed, stats.Seconds(r.StartSpanSeconds), known(r.MinKnown, r.MedianKnown),
-			megabytes(r.RSSBytes), stats.Bytes(r.RSSPerPeerBytes), fmt.Sprintf("%.2f", r.CPUSeconds),
+			settled(r.SettleSeconds, r.Settled), megabytes(r.RSSBytes), stats.Bytes(r.RSSPerPeerBytes), fmt.Sprintf("%.2f", r.CPUSeconds),
 			fmt.Sprintf("%.2fms", r.CPUPerPeerMs), stats.Count(r.BytesPerPeerPerSec), fmt.Sprint(r.ConnectionEnds),
 			fmt.Sprint(r.Goroutines), status(r.Converged, r.Error))
 	}
-	t.note("RSS/peer: (RSS at the end - RSS before the routers) / N. CPU: over a %s idle window starting %s after formation; CPU/peer is over the whole window.", stats.Duration(o.Idle), stats.Duration(o.Settle))
+	t.note("settled as in the idle table. RSS/peer: (RSS at the end - RSS before the routers) / N. CPU: over a %s window once settled; CPU/peer is over the whole window.", stats.Duration(o.Idle))
 	return t
 }

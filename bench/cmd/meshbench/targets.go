@@ -52,7 +52,7 @@ func evaluateTargets(res *Results) []Target {
 		}
 		got := stats.Seconds(r.FormationSeconds)
 		if !r.Converged {
-			got = fmt.Sprintf("timeout; min/median known %d/%d", r.MinKnown, r.MedianKnown)
+			got = "timeout; known min/median " + known(r.MinKnown, r.MedianKnown)
 		}
 		out = append(out, Target{Name: "formation N=1000 sparse, ConnLimit " + fmt.Sprint(r.ConnLimit), Goal: "< 15s", Measured: got, Met: yesNo(r.Converged && r.FormationSeconds < 15)})
 	}
@@ -63,9 +63,13 @@ func evaluateTargets(res *Results) []Target {
 			continue
 		}
 		anyBcast = true
-		if r.Sent == 0 || r.Complete < r.Sent || r.Error != "" {
+		switch {
+		case r.Sent == 0:
 			allDelivered = false
-			short = append(short, fmt.Sprintf("N=%d: %d/%d, %.1f%%", r.N, r.Complete, r.Sent, r.DeliveredPct))
+			short = append(short, fmt.Sprintf("N=%d: not run (%s)", r.N, r.Error))
+		case r.Complete < r.Sent || r.Error != "":
+			allDelivered = false
+			short = append(short, fmt.Sprintf("N=%d: %d/%d complete, %.1f%% delivered", r.N, r.Complete, r.Sent, r.DeliveredPct))
 		}
 		if r.N == 60 {
 			got := fmt.Sprintf("%.2fms", r.P99Ms)

@@ -16,6 +16,10 @@ type IdleResult struct {
 	Converged        bool    `json:"converged"`
 	FormationSeconds float64 `json:"formation_seconds"`
 	IdleSeconds      float64 `json:"idle_seconds"`
+	// SettleSeconds is the time from formation to the idle window; Settled
+	// is false when the connections were still changing at SettleOptions.Max.
+	SettleSeconds float64 `json:"settle_seconds"`
+	Settled       bool    `json:"settled"`
 	// CPUSeconds is the user+system CPU time of the whole process during
 	// the idle window; CPUPer30s scales it to 30 seconds.
 	CPUSeconds float64 `json:"cpu_seconds"`
@@ -43,15 +47,22 @@ type IdleResult struct {
 	Error              string  `json:"error,omitempty"`
 }
 
+// SettleOptions says when a formed cluster counts as settled: at least
+// Min after formation and, for mesh, once the number of connection ends
+// has not changed for Stable (peer discovery goes on dialling after every
+// router knows every other), but no later than Max after formation.
+type SettleOptions struct {
+	Min, Stable, Max time.Duration
+}
+
 // IdleOptions configures the idle scenario.
 type IdleOptions struct {
 	Idle             time.Duration
 	FormationTimeout time.Duration
-	// Settle is the pause between formation and the idle window.
-	Settle time.Duration
+	Settle           SettleOptions
 }
 
-// Idle forms a star cluster of n members, waits o.Settle, then measures
+// Idle forms a star cluster of n members, waits until it settles, then measures
 // for o.Idle the CPU the process uses and the bytes the members send, and
 // at the end its memory and goroutines. Run it in a fresh process.
 func Idle(sys System, n int, o IdleOptions) IdleResult {
@@ -83,7 +94,9 @@ func Idle(sys System, n int, o IdleOptions) IdleResult {
 	if !ok {
 		errs = append(errs, errors.New("formation timed out"))
 	}
-	time.Sleep(o.Settle)
+	settled, ok := settle(c, o.Settle)
+	res.SettleSeconds, res.Settled = settled.Seconds(), ok
+	logf("idle %s N=%d: settled=%v after %v", sys, n, ok, settled.Round(time.Millisecond))
 
 	w, err := measureWindow(c, o.Idle)
 	if err != nil {
@@ -108,6 +121,30 @@ func Idle(sys System, n int, o IdleOptions) IdleResult {
 		res.Error = err.Error()
 	}
 	return res
+}
+
+// settle waits until c counts as settled (see SettleOptions) and returns
+// how long it waited and whether the connections stopped changing.
+func settle(c cluster, o SettleOptions) (time.Duration, bool) {
+	start := time.Now()
+	time.Sleep(o.Min)
+	mc, ok := c.(*meshCluster)
+	if !ok {
+		return time.Since(start), true
+	}
+	last, since := mc.connectionEnds(), time.Now()
+	for time.Since(start) < o.Max {
+		time.Sleep(min(500*time.Millisecond, o.Stable))
+		n := mc.connectionEnds()
+		if n != last || n < 0 {
+			last, since = n, time.Now()
+			continue
+		}
+		if time.Since(since) >= o.Stable {
+			return time.Since(start), true
+		}
+	}
+	return time.Since(start), false
 }
 
 // window is what a cluster used over a measurement window.
@@ -205,6 +242,10 @@ type ScaleResult struct {
 	BaselineRSSBytes int64   `json:"baseline_rss_bytes"`
 	RSSPerPeerBytes  float64 `json:"rss_per_peer_bytes"`
 	HeapBytes        uint64  `json:"heap_bytes"`
+	// SettleSeconds is the time from formation to the idle window; Settled
+	// is false when the connections were still changing at SettleOptions.Max.
+	SettleSeconds float64 `json:"settle_seconds"`
+	Settled       bool    `json:"settled"`
 	// CPUSeconds is the process's CPU time over the idle window;
 	// CPUPerPeerMs is the same per router, in milliseconds.
 	IdleSeconds        float64 `json:"idle_seconds"`
@@ -220,7 +261,7 @@ type ScaleResult struct {
 type ScaleOptions struct {
 	ConnLimit        int
 	FormationTimeout time.Duration
-	Settle           time.Duration
+	Settle           SettleOptions
 	Idle             time.Duration
 	Seed             uint64
 }
@@ -255,7 +296,9 @@ func Scale(n int, o ScaleOptions) ScaleResult {
 		errs = append(errs, errors.New("formation timed out"))
 		logf("scale N=%d: known min/median %d/%d", n, res.MinKnown, res.MedianKnown)
 	}
-	time.Sleep(o.Settle)
+	settled, sok := settle(c, o.Settle)
+	res.SettleSeconds, res.Settled = settled.Seconds(), sok
+	logf("scale N=%d: settled=%v after %v", n, sok, settled.Round(time.Millisecond))
 	w, err := measureWindow(c, o.Idle)
 	if err != nil {
 		errs = append(errs, err)
