@@ -83,6 +83,9 @@ const (
 	// every connection has one for its whole life; larger frames are read
 	// past it.
 	readBufferSize = 16 << 10
+	// digestInterval is how often, while the topology changes, a router
+	// exchanges digests with a random neighbour.
+	digestInterval = time.Second
 	// gcGrace is how long a peer stays unreachable before it is removed:
 	// long enough for the update that links a newly learnt peer to arrive.
 	gcGrace = time.Second
@@ -665,11 +668,23 @@ func (router *Router) topologyLoop() {
 	defer gcTimer.Stop()
 	routeArmed, gcArmed := false, false
 	routeSpacing := routeDelay
+	// While the topology changes, a digest goes to a random neighbour
+	// every digestInterval, to repair entries the relaying missed.
+	digestTicker := time.NewTicker(digestInterval)
+	defer digestTicker.Stop()
+	changedSinceDigest := false
 	for {
 		select {
 		case <-router.stop:
 			return
+		case <-digestTicker.C:
+			if changedSinceDigest {
+				changedSinceDigest = false
+				router.sendDigestToRandomNeighbour()
+			}
+			continue
 		case <-router.topoChanged:
+			changedSinceDigest = true
 			if !routeArmed {
 				routeTimer.Reset(routeSpacing)
 				routeArmed = true
@@ -687,10 +702,6 @@ func (router *Router) topologyLoop() {
 		router.Peers.mu.RLock()
 		changed := router.Routes.recalculate(router.Peers.topo)
 		router.Peers.mu.RUnlock()
-		// While changes keep coming, recompute no more often than ten
-		// times the cost of a recomputation, so that a large mesh in
-		// turmoil spends at most a tenth of a core on it.
-		routeSpacing = max(routeDelay, 10*time.Since(began))
 		if changed {
 			router.Routes.fireOnChange()
 		}
@@ -706,6 +717,10 @@ func (router *Router) topologyLoop() {
 			gcArmed = true
 		}
 		router.ConnectionMaker.topologyChanged()
+		// While changes keep coming, run this pass no more often than ten
+		// times what it costs, so that a large mesh in turmoil spends at
+		// most a tenth of a core on it.
+		routeSpacing = max(routeDelay, 10*time.Since(began))
 	}
 }
 
@@ -730,6 +745,24 @@ func (router *Router) channelList() []*gossipChannel {
 		out = append(out, ch)
 	}
 	return out
+}
+
+// sendDigestToRandomNeighbour starts an exchange of digests with a random
+// neighbour that understands them.
+func (router *Router) sendDigestToRandomNeighbour() {
+	var capable []*LocalConnection
+	for _, c := range router.connections() {
+		if c.digests {
+			capable = append(capable, c)
+		}
+	}
+	if len(capable) == 0 {
+		return
+	}
+	router.rndMu.Lock()
+	c := capable[router.rnd.IntN(len(capable))]
+	router.rndMu.Unlock()
+	c.q.pushDigest()
 }
 
 func (router *Router) randomNeighbour() *LocalConnection {

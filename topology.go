@@ -255,29 +255,34 @@ func (t *topology) addTombstone(p *Peer) {
 }
 
 // relayTargets decides which of our neighbours an entry of peer x, received
-// from neighbour from, is passed on to: every one but from and those
-// adjacent to x, since x sends each new version of its own entry to all its
-// neighbours. This reaches every peer that some chain of new-to-it relays
-// leads to, relays nothing in a full mesh, and does not depend on how the
-// sender came by the entry (a relay, or an answer to a digest, which is not
-// passed on).
+// from neighbour from, is passed on to: those adjacent neither to x (x sends
+// each new version of its own entry to all its neighbours) nor to from
+// (which passes on what is new to it by this same rule). When every peer
+// has the same view, this reaches every peer and relays nothing in a full
+// mesh. Entries sent point to point (answers to digests, repairs of stale
+// entries) are not passed on by their sender, so the rule can miss peers;
+// the digests exchanged while the topology changes repair that.
 func (t *topology) relayTargets(x, from PeerName, neighbours []PeerName) []PeerName {
 	return t.newRelayContext(from, neighbours).targets(x)
 }
 
 // relayContext caches what relay decisions for one received update share:
-// our neighbours' entries.
+// our neighbours' entries, and which of them are adjacent to the sender.
 type relayContext struct {
 	t          *topology
 	from       PeerName
 	neighbours []*Peer
 	names      []PeerName
+	skip       []bool // the sender, or adjacent to it
 }
 
 func (t *topology) newRelayContext(from PeerName, neighbours []PeerName) *relayContext {
-	rc := &relayContext{t: t, from: from, names: neighbours, neighbours: make([]*Peer, len(neighbours))}
+	rc := &relayContext{t: t, from: from, names: neighbours, neighbours: make([]*Peer, len(neighbours)), skip: make([]bool, len(neighbours))}
+	fromPeer := t.get(from)
 	for i, n := range neighbours {
-		rc.neighbours[i] = t.get(n)
+		p := t.get(n)
+		rc.neighbours[i] = p
+		rc.skip[i] = n == from || adjacentPeers(p, fromPeer)
 	}
 	return rc
 }
@@ -287,7 +292,7 @@ func (rc *relayContext) targets(x PeerName) []PeerName {
 	xp := rc.t.get(x)
 	var out []PeerName
 	for i, n := range rc.names {
-		if n == rc.from || n == x || adjacentPeers(rc.neighbours[i], xp) {
+		if rc.skip[i] || n == x || adjacentPeers(rc.neighbours[i], xp) {
 			continue
 		}
 		out = append(out, n)
