@@ -287,29 +287,20 @@ func (c *LocalConnection) closeErr() error {
 // sendRaw queues a complete frame body. With wait it blocks while the
 // queue is full, until there is room or the connection ends.
 func (c *LocalConnection) sendRaw(body []byte, wait bool) error {
-	for {
-		q := c.q
-		q.mu.Lock()
-		if q.closed {
-			q.mu.Unlock()
-			return errConnClosed
-		}
-		if off, ok := q.reserve(len(body)); ok {
-			q.buf = append(q.buf, body...)
-			q.finish(off)
-			q.mu.Unlock()
-			q.signal()
-			return nil
-		}
-		if !c.waitForSpace(q, wait) {
-			return errQueueFull
-		}
-	}
+	return c.enqueue(nil, body, wait)
 }
 
 // sendMessage queues a gossip message, encoding it straight into the queue.
 func (c *LocalConnection) sendMessage(m *gossipMessage, wait bool) error {
-	size := 1 + len(m.Channel) + len(m.Payload) + 48
+	return c.enqueue(m, nil, wait)
+}
+
+// enqueue appends m, encoded, or else body to the send queue.
+func (c *LocalConnection) enqueue(m *gossipMessage, body []byte, wait bool) error {
+	size := len(body)
+	if m != nil {
+		size = 1 + len(m.Channel) + len(m.Payload) + 48
+	}
 	for {
 		q := c.q
 		q.mu.Lock()
@@ -318,7 +309,11 @@ func (c *LocalConnection) sendMessage(m *gossipMessage, wait bool) error {
 			return errConnClosed
 		}
 		if off, ok := q.reserve(size); ok {
-			q.buf = appendGossipMessage(q.buf, m)
+			if m != nil {
+				q.buf = appendGossipMessage(q.buf, m)
+			} else {
+				q.buf = append(q.buf, body...)
+			}
 			q.finish(off)
 			q.mu.Unlock()
 			q.signal()

@@ -1,6 +1,7 @@
 package mesh
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -230,15 +231,7 @@ func (cm *ConnectionMaker) Status() []TargetStatus {
 		}
 		out = append(out, s)
 	}
-	slices.SortFunc(out, func(a, b TargetStatus) int {
-		switch {
-		case a.Address < b.Address:
-			return -1
-		case a.Address > b.Address:
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(out, func(a, b TargetStatus) int { return cmp.Compare(a.Address, b.Address) })
 	return out
 }
 
@@ -316,13 +309,7 @@ func (cm *ConnectionMaker) launchDue(now time.Time) time.Time {
 			}
 			return 1
 		}
-		switch {
-		case a.addr < b.addr:
-			return -1
-		case a.addr > b.addr:
-			return 1
-		}
-		return 0
+		return cmp.Compare(a.addr, b.addr)
 	})
 	for _, t := range due {
 		if nconns+attempting >= r.ConnLimit {

@@ -1,6 +1,7 @@
 package mesh
 
 import (
+	"cmp"
 	"fmt"
 	"slices"
 )
@@ -123,14 +124,6 @@ type Connection interface {
 // sortConnections sorts a connection list by name and drops duplicates
 // (keeping the first of each name).
 func sortConnections(conns []connectionSummary) []connectionSummary {
-	slices.SortStableFunc(conns, func(a, b connectionSummary) int {
-		switch {
-		case a.Name < b.Name:
-			return -1
-		case a.Name > b.Name:
-			return 1
-		}
-		return 0
-	})
+	slices.SortStableFunc(conns, func(a, b connectionSummary) int { return cmp.Compare(a.Name, b.Name) })
 	return slices.CompactFunc(conns, func(a, b connectionSummary) bool { return a.Name == b.Name })
 }

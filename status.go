@@ -1,6 +1,7 @@
 package mesh
 
 import (
+	"cmp"
 	"fmt"
 	"slices"
 )
@@ -117,15 +118,7 @@ func NewStatus(router *Router) *Status {
 	for dst, via := range router.Routes.unicastTable(false) {
 		s.UnicastRoutes = append(s.UnicastRoutes, UnicastRouteStatus{Dest: dst.String(), Via: via.String()})
 	}
-	slices.SortFunc(s.UnicastRoutes, func(a, b UnicastRouteStatus) int {
-		switch {
-		case a.Dest < b.Dest:
-			return -1
-		case a.Dest > b.Dest:
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(s.UnicastRoutes, func(a, b UnicastRouteStatus) int { return cmp.Compare(a.Dest, b.Dest) })
 	router.mu.RLock()
 	registered := make(map[*LocalConnection]bool, len(router.conns))
 	for _, c := range router.conns {
@@ -163,14 +156,6 @@ func NewStatus(router *Router) *Status {
 			s.Connections = append(s.Connections, LocalConnectionStatus{Address: t.Address, Outbound: true, State: t.State, Info: info})
 		}
 	}
-	slices.SortFunc(s.Connections, func(a, b LocalConnectionStatus) int {
-		switch {
-		case a.Address < b.Address:
-			return -1
-		case a.Address > b.Address:
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(s.Connections, func(a, b LocalConnectionStatus) int { return cmp.Compare(a.Address, b.Address) })
 	return s
 }
