@@ -241,6 +241,14 @@ func known(lowest, median int) string {
 	return fmt.Sprintf("%d/%d", lowest, median)
 }
 
+// count formats a count that is -1 when it could not be taken in time.
+func count(n int) string {
+	if n < 0 {
+		return "not counted"
+	}
+	return fmt.Sprint(n)
+}
+
 func latency(ms float64, timeout time.Duration) string {
 	if ms < 0 {
 		return "> " + stats.Duration(timeout)
@@ -397,7 +405,7 @@ func runIdle(cfg *config, res *Results) *table {
 			res.Idle = append(res.Idle, r)
 			ends, gpe := "-", "-"
 			if r.System == harness.Mesh {
-				ends = fmt.Sprint(r.ConnectionEnds)
+				ends = count(r.ConnectionEnds)
 				if r.ConnectionEnds > 0 {
 					gpe = fmt.Sprintf("%.2f", r.GoroutinesPerConnEnd)
 				}
@@ -454,7 +462,7 @@ func runScale(cfg *config, res *Results) *table {
 		}
 		t.add(fmt.Sprint(n), formed, stats.Seconds(r.StartSpanSeconds), known(r.MinKnown, r.MedianKnown),
 			settled(r.SettleSeconds, r.Settled), megabytes(r.RSSBytes), stats.Bytes(r.RSSPerPeerBytes), fmt.Sprintf("%.2f", r.CPUSeconds),
-			fmt.Sprintf("%.2fms", r.CPUPerPeerMs), stats.Count(r.BytesPerPeerPerSec), fmt.Sprint(r.ConnectionEnds),
+			fmt.Sprintf("%.2fms", r.CPUPerPeerMs), stats.Count(r.BytesPerPeerPerSec), count(r.ConnectionEnds),
 			fmt.Sprint(r.Goroutines), status(r.Converged, r.Error))
 	}
 	t.note("settled as in the idle table. RSS/peer: (RSS at the end - RSS before the routers) / N. CPU: over a %s window once settled; CPU/peer is over the whole window.", stats.Duration(o.Idle))

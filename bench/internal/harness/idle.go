@@ -36,7 +36,8 @@ type IdleResult struct {
 	// connections runs (measured by starting one alone).
 	RouterGoroutines int `json:"router_goroutines,omitempty"`
 	Routers          int `json:"routers"`
-	// ConnectionEnds is the sum over routers of their connections (mesh).
+	// ConnectionEnds is the sum over routers of their connections (mesh);
+	// -1 when they could not be counted within 15 s.
 	ConnectionEnds int `json:"connection_ends,omitempty"`
 	// GoroutinesPerConnEnd is (Goroutines - BaselineGoroutines -
 	// Routers*RouterGoroutines) / ConnectionEnds (mesh).
