@@ -378,9 +378,12 @@ func (cm *ConnectionMaker) attemptEnded(t *target, started time.Time, err error)
 	if cm.targets[t.addr] != t {
 		return
 	}
-	if !t.direct && t.state == targetConnected {
+	lived := !started.IsZero() && time.Since(started) >= longLivedConnection
+	if !t.direct && t.state == targetConnected && lived {
 		// A discovered address served its purpose; discovery adds it
-		// again if the peer is still unconnected.
+		// again if the peer is still unconnected. A connection that ended
+		// soon (the remote over its limit, say) is backed off instead, so
+		// that it is not redialled in a tight loop.
 		delete(cm.targets, t.addr)
 		return
 	}
@@ -400,7 +403,7 @@ func (cm *ConnectionMaker) attemptEnded(t *target, started time.Time, err error)
 		delete(cm.targets, t.addr)
 		return
 	}
-	if !started.IsZero() && time.Since(started) >= longLivedConnection {
+	if lived {
 		t.attempts = 0
 	}
 	t.state = targetWaiting

@@ -85,3 +85,19 @@ func TestAttemptEndedPolicy(t *testing.T) {
 	cm.InitiateConnections([]string{"a.example:1"}, false)
 	require.Equal(t, targetWaiting, tg.state)
 }
+
+// A discovered connection that ends soon is backed off, not forgotten and
+// redialled at once.
+func TestShortDiscoveredConnectionBacksOff(t *testing.T) {
+	cm := newTestRouter(t).ConnectionMaker
+	tg := &target{addr: "b.example:1", state: targetConnected, attempts: 1}
+	cm.targets[tg.addr] = tg
+	cm.attemptEnded(tg, time.Now(), errors.New("reset by peer"))
+	require.Same(t, tg, cm.targets[tg.addr], "kept")
+	require.Equal(t, targetWaiting, tg.state)
+	require.True(t, tg.tryAfter.After(time.Now()))
+	// After a long-lived connection it is dropped; discovery adds it again.
+	tg.state = targetConnected
+	cm.attemptEnded(tg, time.Now().Add(-2*longLivedConnection), errors.New("reset by peer"))
+	require.NotContains(t, cm.targets, tg.addr)
+}

@@ -21,7 +21,8 @@ type FormationResult struct {
 	// memberlist) from the first start until formation was seen.
 	BytesSent int64 `json:"bytes_sent"`
 	// MinKnown and MedianKnown tell how many members (itself included)
-	// the least and the median member knew at the end.
+	// the least and the median member knew at the end; -1 when they could
+	// not be counted within 15 s.
 	MinKnown    int    `json:"min_known"`
 	MedianKnown int    `json:"median_known"`
 	Error       string `json:"error,omitempty"`

@@ -234,7 +234,8 @@ type ScaleResult struct {
 	FormationSeconds float64 `json:"formation_seconds"`
 	StartSpanSeconds float64 `json:"start_span_seconds"`
 	// MinKnown and MedianKnown are the peers known by the least and the
-	// median router when formation ended (N when it converged).
+	// median router when formation ended (N when it converged; -1 when
+	// they could not be counted within 15 s).
 	MinKnown    int `json:"min_known"`
 	MedianKnown int `json:"median_known"`
 	// RSSBytes at the end; RSSPerPeerBytes is (RSSBytes -
