@@ -231,14 +231,8 @@ func TestInteropRouterSpeaksFirst(t *testing.T) {
 func TestHeartbeatsAndIdleTimeout(t *testing.T) {
 	v := loadVectors(t)
 	s := v.scenario(t, "v2-plain-probe-dials")
-	pn, _ := PeerNameFromString("02:00:00:00:00:01")
-	r, err := NewRouter(Config{Host: "127.0.0.1", HeartbeatInterval: 100 * time.Millisecond}, pn, "weaveA", nil, nil)
-	require.NoError(t, err)
-	require.NoError(t, r.Start())
-	defer r.Stop()
-	conn, err := net.Dial("tcp", r.ListenAddr().String())
-	require.NoError(t, err)
-	defer conn.Close()
+	r, conn := dialNewRouter(t, Config{Host: "127.0.0.1", HeartbeatInterval: 100 * time.Millisecond})
+	var err error
 	var handshake []byte
 	for _, vec := range s.Vectors[:6] {
 		if vec.Sender == "probe" {
@@ -279,14 +273,7 @@ func TestHeartbeatsAndIdleTimeout(t *testing.T) {
 // TestHandshakeDeadlineHoldsAgainstTrickle: a peer that sends its handshake
 // one byte at a time, too slowly, is cut off at the handshake deadline.
 func TestHandshakeDeadlineHoldsAgainstTrickle(t *testing.T) {
-	pn, _ := PeerNameFromString("02:00:00:00:00:01")
-	r, err := NewRouter(Config{Host: "127.0.0.1", HandshakeTimeout: 300 * time.Millisecond}, pn, "a", nil, nil)
-	require.NoError(t, err)
-	require.NoError(t, r.Start())
-	defer r.Stop()
-	conn, err := net.Dial("tcp", r.ListenAddr().String())
-	require.NoError(t, err)
-	defer conn.Close()
+	_, conn := dialNewRouter(t, Config{Host: "127.0.0.1", HandshakeTimeout: 300 * time.Millisecond})
 	go io.Copy(io.Discard, conn) //nolint:errcheck // drain the router's header
 	start := time.Now()
 	var werr error
@@ -304,4 +291,19 @@ func TestHandshakeDeadlineHoldsAgainstTrickle(t *testing.T) {
 		return werr != nil
 	})
 	require.Less(t, time.Since(start), 5*time.Second)
+}
+
+// dialNewRouter starts a router named 02:00:00:00:00:01 with config and
+// returns it with a raw TCP connection to it; both are closed at cleanup.
+func dialNewRouter(t *testing.T, config Config) (*Router, net.Conn) {
+	t.Helper()
+	pn, _ := PeerNameFromString("02:00:00:00:00:01")
+	r, err := NewRouter(config, pn, "weaveA", nil, nil)
+	require.NoError(t, err)
+	require.NoError(t, r.Start())
+	t.Cleanup(func() { r.Stop() })
+	conn, err := net.Dial("tcp", r.ListenAddr().String())
+	require.NoError(t, err)
+	t.Cleanup(func() { conn.Close() })
+	return r, conn
 }
