@@ -46,6 +46,9 @@ type LocalConnection struct {
 	writer      *frameWriter
 	overlayConn OverlayConnection
 	started     time.Time
+	// handshakeDone, if set, is called when the handshake ends (it frees
+	// the connection's place among the handshakes in progress).
+	handshakeDone func()
 
 	established atomic.Bool
 	q           *sendQueue
@@ -139,6 +142,9 @@ func (d *deadlineConn) Read(p []byte) (int, error) {
 func (c *LocalConnection) run() {
 	r := c.router
 	err := c.handshake()
+	if c.handshakeDone != nil {
+		c.handshakeDone()
+	}
 	if err == nil {
 		err = r.addConnection(c)
 		if err == nil {
@@ -157,11 +163,7 @@ func (c *LocalConnection) run() {
 		r.ConnectionMaker.connectionEnded(c, err)
 	}
 	if err != nil && !errors.Is(err, ErrStopped) {
-		if c.remoteName == UnknownPeerName {
-			r.logf("%s connection shutting down due to error during handshake: %v", c, err)
-		} else {
-			r.logf("%s: connection shutting down due to error: %v", c, err)
-		}
+		r.logConnectionEnd(c, err)
 	}
 }
 

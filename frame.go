@@ -206,7 +206,12 @@ func (r *frameReader) nextFrame() ([]byte, error) {
 	}
 	out, ok := secretbox.Open(r.out[:0], wire, &r.nonce, r.key)
 	if !ok {
-		return nil, fmt.Errorf("%w: frame %d (%d bytes) failed authentication", ErrDecrypt, r.counter, len(wire))
+		hint := ""
+		if r.counter == 0 {
+			// Nothing sealed has opened yet: the keys differ.
+			hint = "; it is the first sealed frame, so the two peers most likely have different passwords"
+		}
+		return nil, fmt.Errorf("%w: frame %d (%d bytes) failed authentication%s", ErrDecrypt, r.counter, len(wire), hint)
 	}
 	r.counter++
 	r.out = out

@@ -221,8 +221,13 @@ type surrogateData struct {
 }
 
 // maxSurrogatePending bounds the bytes of surrogate messages waiting for
-// one neighbour; older messages are dropped first.
+// one neighbour: within one channel older messages are dropped first, and
+// once the bound is reached over all channels new ones are dropped.
 const maxSurrogatePending = 1 << 20
+
+// surrogateKeyOverhead is what one more channel waiting in a send queue
+// counts for, besides its name and messages.
+const surrogateKeyOverhead = 64
 
 func newSurrogateData(msg []byte) *surrogateData {
 	return &surrogateData{msgs: [][]byte{msg}, size: len(msg)}

@@ -64,6 +64,11 @@ type Config struct {
 	MaxPeers int
 	// Transport dials and listens; nil means TCP.
 	Transport Transport
+	// Accept bounds the incoming connections that get a handshake: their
+	// rate, and the handshakes in progress overall and per remote IP
+	// address. Connections over a limit are reset at once. The zero value
+	// selects the defaults (see AcceptLimits).
+	Accept AcceptLimits
 }
 
 // More defaults.
@@ -120,6 +125,7 @@ type Router struct {
 	maxVersion        byte // 0 means ProtocolMaxVersion; tests lower it
 	sendQueueBytes    int
 	limits            topologyLimits
+	acceptGuard       *acceptGuard
 
 	mu       sync.RWMutex
 	channels map[string]*gossipChannel
@@ -181,6 +187,7 @@ func NewRouter(config Config, name PeerName, nickName string, overlay Overlay, l
 		conns:             make(map[PeerName]*LocalConnection),
 		pending:           make(map[*LocalConnection]struct{}),
 		recent:            newRecentSet(),
+		acceptGuard:       newAcceptGuard(config.Accept),
 		rnd:               mrand.New(mrand.NewPCG(seed, uid)),
 		topoChanged:       make(chan struct{}, 1),
 		stop:              make(chan struct{}),
@@ -230,6 +237,9 @@ func validateConfig(c *Config, name PeerName, nickName string) error {
 		return errors.New("mesh: max frame size below 4096 bytes")
 	case c.SendQueueBytes < 0 || c.MaxPeers < 0:
 		return errors.New("mesh: negative send queue or peer limit")
+	}
+	if err := c.Accept.validate(); err != nil {
+		return err
 	}
 	for _, n := range c.TrustedSubnets {
 		if n == nil {
@@ -414,17 +424,28 @@ func (router *Router) acceptLoop(ln net.Listener) {
 			continue
 		}
 		delay = 0
+		// Connections over the accept limits are reset here, before
+		// they cost a goroutine.
+		release, ok := router.admitConnection(conn)
+		if !ok {
+			continue
+		}
 		router.logf("->[%s] connection accepted", conn.RemoteAddr())
-		router.startConnection(conn, false, "", nil)
+		router.startConnection(conn, false, "", nil, release)
 	}
 }
 
 // startConnection runs a new connection on a goroutine of its own.
-func (router *Router) startConnection(conn net.Conn, outbound bool, addr string, t *target) {
+// handshakeDone, if not nil, is called once the handshake has ended.
+func (router *Router) startConnection(conn net.Conn, outbound bool, addr string, t *target, handshakeDone func()) {
 	c := router.newConnection(conn, outbound, addr, t)
 	if c == nil {
+		if handshakeDone != nil {
+			handshakeDone()
+		}
 		return
 	}
+	c.handshakeDone = handshakeDone
 	router.wg.Add(1)
 	go func() {
 		defer router.wg.Done()

@@ -66,6 +66,9 @@ type sendQueue struct {
 	// writer closes it after taking what is queued.
 	spaceWait chan struct{}
 	dropped   uint64
+	// surrogateBytes counts the gossip of channels not registered here
+	// waiting to be relayed, over all its channels (see pushGossip).
+	surrogateBytes int
 
 	// wake has room for one token: the writer's wake-up call.
 	wake chan struct{}
@@ -153,6 +156,19 @@ func (q *sendQueue) pushGossip(key gossipKey, data GossipData) {
 		q.mu.Unlock()
 		return
 	}
+	if s, ok := data.(*surrogateData); ok {
+		// Each channel is a key of its own, and any peer can make up
+		// channel names: gossip relayed for channels not registered here
+		// is bounded for the whole queue. Beyond the bound it is dropped
+		// (its owners' periodic gossip repairs that).
+		cost := s.size + len(key.channel) + surrogateKeyOverhead
+		if q.surrogateBytes > 0 && q.surrogateBytes+cost > maxSurrogatePending {
+			q.dropped++
+			q.mu.Unlock()
+			return
+		}
+		q.surrogateBytes += cost
+	}
 	if q.gossip == nil {
 		q.gossip = make(map[gossipKey]GossipData)
 	}
@@ -204,6 +220,7 @@ func (q *sendQueue) take(b *sendBatch, withTopology bool) (hasTopology bool) {
 		delete(q.gossip, k)
 	}
 	q.order = q.order[:0]
+	q.surrogateBytes = 0
 	if q.spaceWait != nil {
 		close(q.spaceWait)
 		q.spaceWait = nil
