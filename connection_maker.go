@@ -212,7 +212,7 @@ type TargetStatus struct {
 	Direct    bool
 	State     string
 	Attempts  int
-	TryAfter  time.Time `json:",omitempty"`
+	TryAfter  time.Time `json:",omitzero"`
 	LastError string    `json:",omitempty"`
 }
 

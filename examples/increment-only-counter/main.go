@@ -17,7 +17,6 @@ package main
 import (
 	"context"
 	"crypto/rand"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -166,7 +165,7 @@ func serve(ctx context.Context, o *options, stderr io.Writer) error {
 		return fmt.Errorf("HTTP: %w", err)
 	}
 	srv := &http.Server{
-		Handler:           newHandler(router, p, logger),
+		Handler:           newHandler(router, p),
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          logger,
 	}
@@ -191,7 +190,7 @@ func serve(ctx context.Context, o *options, stderr io.Writer) error {
 }
 
 // newHandler returns the HTTP API of a peer.
-func newHandler(router *mesh.Router, p *peer, logger *log.Logger) http.Handler {
+func newHandler(router *mesh.Router, p *peer) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -201,18 +200,7 @@ func newHandler(router *mesh.Router, p *peer, logger *log.Logger) http.Handler {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		fmt.Fprintf(w, "incr => %d\n", p.incr())
 	})
-	mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {
-		body, err := json.MarshalIndent(mesh.NewStatus(router), "", "  ")
-		if err != nil {
-			logger.Printf("encoding status: %v", err)
-			http.Error(w, "cannot encode status", http.StatusInternalServerError)
-			return
-		}
-		w.Header().Set("Content-Type", "application/json")
-		if _, err := w.Write(append(body, '\n')); err != nil {
-			logger.Printf("writing status: %v", err)
-		}
-	})
+	mux.Handle("/status", mesh.StatusHandler(router))
 	return mux
 }
 

@@ -6,7 +6,6 @@ import (
 	"encoding/gob"
 	"encoding/json"
 	"io"
-	"log"
 	"maps"
 	"net"
 	"net/http"
@@ -266,7 +265,7 @@ func TestHTTPAPI(t *testing.T) {
 		}
 	})
 	p := newPeer(name, nil)
-	srv := httptest.NewServer(newHandler(router, p, log.New(io.Discard, "", 0)))
+	srv := httptest.NewServer(newHandler(router, p))
 	t.Cleanup(srv.Close)
 
 	do := func(method, path string) (int, string) {
@@ -309,6 +308,9 @@ func TestHTTPAPI(t *testing.T) {
 	}
 	if status.Name != name.String() || status.NickName != "api" || status.Protocol != mesh.Protocol {
 		t.Errorf("status = %+v", status)
+	}
+	if code, _ := do("POST", "/status"); code != http.StatusMethodNotAllowed {
+		t.Errorf("POST /status = %d, want 405", code)
 	}
 }
 
