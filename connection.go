@@ -142,11 +142,13 @@ func (d *deadlineConn) Read(p []byte) (int, error) {
 func (c *LocalConnection) run() {
 	r := c.router
 	err := c.handshake()
+	r.countFailure(err)
 	if c.handshakeDone != nil {
 		c.handshakeDone()
 	}
 	if err == nil {
 		err = r.addConnection(c)
+		r.countRegistration(err)
 		if err == nil {
 			c.dc.armed = true
 			r.wg.Add(1)
@@ -156,6 +158,7 @@ func (c *LocalConnection) run() {
 			}()
 			err = c.readLoop()
 			r.removeConnection(c)
+			r.metrics.dropped.Add(1)
 		}
 	}
 	c.shutdown(err)
@@ -263,6 +266,7 @@ func (c *LocalConnection) readLoop() error {
 		if len(body) == 0 {
 			continue
 		}
+		r.metrics.frameReceived(body)
 		switch tag := body[0]; tag {
 		case tagHeartbeat:
 		case tagGossip, tagGossipUnicast, tagGossipBroadcast:
@@ -332,6 +336,7 @@ func (c *LocalConnection) enqueue(m *gossipMessage, body []byte, wait bool) erro
 func (c *LocalConnection) waitForSpace(q *sendQueue, wait bool) bool {
 	if !wait {
 		q.dropped++
+		c.router.metrics.sendQueueFull.Add(1)
 		q.mu.Unlock()
 		return false
 	}
@@ -466,6 +471,7 @@ const writeChunk = 256 << 10
 // dropped and logged; the connection goes on.
 func (c *LocalConnection) appendFrame(out, body []byte) ([]byte, error) {
 	res, err := c.writer.appendFrame(out, body)
+	c.router.metrics.frameSent(body, err)
 	if errors.Is(err, ErrFrameTooLarge) {
 		c.router.logOnce("big", fmt.Sprintf("%s: dropping message: %v", c, err))
 		return out, nil

@@ -338,6 +338,7 @@ func (cm *ConnectionMaker) launchDue(now time.Time) time.Time {
 func (cm *ConnectionMaker) dial(t *target) {
 	r := cm.router
 	conn, err := r.transport.DialContext(r.ctx, t.addr)
+	r.countDial(err)
 	if err != nil {
 		cm.attemptEnded(t, time.Time{}, err)
 		return

@@ -100,6 +100,7 @@ type gossipChannel struct {
 	bytes   int
 	wake    chan struct{}
 	dropped uint64
+	metrics *channelMetrics
 }
 
 func newGossipChannel(name string, r *Router, g Gossiper) *gossipChannel {
@@ -112,6 +113,7 @@ func (c *gossipChannel) deliver(kind inboxKind, src PeerName, msg []byte) bool {
 	c.mu.Lock()
 	if len(c.items) >= inboxLimit || (c.bytes+len(msg) > inboxBytesLimit && len(c.items) > 0) {
 		c.dropped++
+		c.router.countInboxDrop(c.metrics)
 		c.mu.Unlock()
 		return false
 	}
@@ -176,6 +178,7 @@ func (c *gossipChannel) handle(it *inboxItem) {
 			return
 		}
 		if data != nil {
+			c.metrics.gossipNew.Add(1)
 			r.sendNeighbourSubset(c.name, data, it.src)
 		}
 	case inboxPeriodic:

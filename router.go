@@ -136,6 +136,8 @@ type Router struct {
 	listener net.Listener
 
 	terminations atomic.Int64
+	metrics      routerMetrics
+	events       eventHub
 
 	recent      *recentSet
 	rndMu       sync.Mutex
@@ -292,6 +294,7 @@ func (router *Router) NewGossip(channelName string, gossiper Gossiper) (Gossip, 
 		return nil, fmt.Errorf("mesh: channel %q is already registered", channelName)
 	}
 	ch := newGossipChannel(channelName, router, gossiper)
+	ch.metrics = router.metrics.addChannel(channelName)
 	router.channels[channelName] = ch
 	if router.started {
 		router.startChannel(ch)
@@ -395,6 +398,7 @@ func (router *Router) Stop() error {
 			c.shutdown(ErrStopped)
 		}
 		router.wg.Wait()
+		router.events.close()
 		router.Overlay.Stop()
 	})
 	return nil
@@ -467,6 +471,7 @@ func (router *Router) newConnection(conn net.Conn, outbound bool, addr string, t
 		q:             newSendQueue(router.sendQueueBytes),
 		done:          make(chan struct{}),
 	}
+	router.instrumentConnection(c)
 	router.mu.Lock()
 	defer router.mu.Unlock()
 	if router.stopped {
@@ -727,6 +732,7 @@ func (router *Router) topologyLoop() {
 			router.Routes.fireOnChange()
 		}
 		removed, pending := router.Peers.garbageCollect(time.Now().UnixNano(), int64(gcGrace))
+		router.topologyPassDone(changed, removed)
 		for _, p := range removed {
 			router.logf("Removed unreachable peer %s", p)
 		}
@@ -883,6 +889,7 @@ func (router *Router) handleTopology(c *LocalConnection, payload []byte) error {
 	relay := make(map[PeerName][]PeerName)
 	router.Peers.mu.Lock()
 	res := router.Peers.topo.apply(updates)
+	router.metrics.topologyUpdates.Add(uint64(len(res.changed)))
 	if len(res.changed) > 0 {
 		rc := router.Peers.topo.newRelayContext(c.remoteName, neighbours)
 		for _, x := range res.changed {
@@ -977,6 +984,7 @@ func (router *Router) relayBroadcast(channel string, src PeerName, data GossipDa
 		for _, c := range hops {
 			if err := c.sendMessage(&m, false); errors.Is(err, errQueueFull) {
 				router.logOnce("bcastdrop", fmt.Sprintf("%s: send queue full, broadcast dropped", c))
+				router.metrics.broadcastSkipped.Add(1)
 			}
 		}
 	}
@@ -1019,6 +1027,7 @@ func (router *Router) OnGossip(update []byte) (GossipData, error) {
 	}
 	router.Peers.mu.Lock()
 	res := router.Peers.topo.apply(updates)
+	router.metrics.topologyUpdates.Add(uint64(len(res.changed)))
 	router.Peers.mu.Unlock()
 	if res.ourVersionBumped {
 		res.changed = append(res.changed, router.Ourself.Name)

@@ -69,6 +69,8 @@ type sendQueue struct {
 	// surrogateBytes counts the gossip of channels not registered here
 	// waiting to be relayed, over all its channels (see pushGossip).
 	surrogateBytes int
+	// metrics counts merges; nil in tests.
+	metrics *routerMetrics
 
 	// wake has room for one token: the writer's wake-up call.
 	wake chan struct{}
@@ -174,6 +176,7 @@ func (q *sendQueue) pushGossip(key gossipKey, data GossipData) {
 	}
 	if pending, ok := q.gossip[key]; ok {
 		q.gossip[key] = pending.Merge(data)
+		q.metrics.gossipMerged()
 	} else {
 		q.gossip[key] = data
 		q.order = append(q.order, key)
