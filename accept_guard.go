@@ -3,6 +3,7 @@ package mesh
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"sync"
@@ -216,7 +217,7 @@ func (router *Router) admitConnection(conn net.Conn) (release func(), ok bool) {
 	if err != nil {
 		abortConn(conn)
 		router.logEvery("accept-refused\x00"+err.Error(),
-			fmt.Sprintf("->[%s] connection refused before the handshake: %v (further refusals for this reason are not logged for a minute)", conn.RemoteAddr(), err))
+			fmt.Sprintf("->[%s] connection refused before the handshake: %v (further refusals for this reason are not logged for a minute)", conn.RemoteAddr(), err), conn.RemoteAddr(), err)
 		return nil, false
 	}
 	return release, true
@@ -225,8 +226,9 @@ func (router *Router) admitConnection(conn net.Conn) (release func(), ok bool) {
 // logEvery logs msg unless a line under the same key was logged in the
 // last minute. Unlike logOnce, the key does not include the message, so
 // lines that differ only in details (a port, a count) are limited
-// together.
-func (router *Router) logEvery(key, msg string) {
+// together. about holds what the line is about, as for logAttrs; the
+// line has level Warn.
+func (router *Router) logEvery(key, msg string, about ...interface{}) {
 	lg := router.logger
 	if lg.l == nil {
 		return
@@ -243,5 +245,5 @@ func (router *Router) logEvery(key, msg string) {
 	}
 	lg.last[key] = now
 	lg.mu.Unlock()
-	lg.l.Printf("%s", msg)
+	router.emit(slog.LevelWarn, msg, about)
 }

@@ -63,11 +63,11 @@ func (router *Router) logConnectionEnd(c *LocalConnection, err error) {
 	}
 	class := peerErrorClass(err)
 	if class == "" && !inHandshake {
-		router.logf("%s", line)
+		router.logMsg(line, c, err)
 		return
 	}
 	if class == "" {
 		class = "handshake"
 	}
-	router.logEvery("conn-error\x00"+c.remoteKey()+"\x00"+class, line)
+	router.logEvery("conn-error\x00"+c.remoteKey()+"\x00"+class, line, c, err)
 }

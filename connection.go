@@ -279,7 +279,7 @@ func (c *LocalConnection) readLoop() error {
 				c.overlayConn.ControlMessage(tag, msg)
 			}
 		default:
-			r.logOnce("tag", fmt.Sprintf("%s: ignoring unknown protocol tag: %d", c, tag))
+			r.logOnce("tag", fmt.Sprintf("%s: ignoring unknown protocol tag: %d", c, tag), c)
 		}
 	}
 }
@@ -473,7 +473,7 @@ func (c *LocalConnection) appendFrame(out, body []byte) ([]byte, error) {
 	res, err := c.writer.appendFrame(out, body)
 	c.router.metrics.frameSent(body, err)
 	if errors.Is(err, ErrFrameTooLarge) {
-		c.router.logOnce("big", fmt.Sprintf("%s: dropping message: %v", c, err))
+		c.router.logOnce("big", fmt.Sprintf("%s: dropping message: %v", c, err), c, err)
 		return out, nil
 	}
 	return res, err

@@ -398,7 +398,7 @@ func (cm *ConnectionMaker) attemptEnded(t *target, started time.Time, err error)
 		if !t.direct {
 			delete(cm.targets, t.addr)
 		}
-		cm.router.logf("->[%s] not retrying: %v", t.addr, err)
+		cm.router.logf("->[%s] not retrying: %v", logAddr(t.addr), err)
 		return
 	case errors.Is(err, ErrDuplicateConnection) && !t.direct:
 		delete(cm.targets, t.addr)

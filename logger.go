@@ -1,6 +1,9 @@
 package mesh
 
 import (
+	"fmt"
+	"log/slog"
+	"runtime"
 	"sync"
 	"time"
 )
@@ -11,10 +14,22 @@ type Logger interface {
 	Printf(format string, args ...interface{})
 }
 
+// recordLogger is a Logger that also takes structured records: the router
+// gives it each line with a level and attributes (see logAttrs) instead of
+// calling Printf. NewSlogLogger returns one.
+type recordLogger interface {
+	Logger
+	enabled(level slog.Level) bool
+	// logRecord logs msg; pc is the program counter of the router's code
+	// that logged it.
+	logRecord(level slog.Level, pc uintptr, msg string, attrs []slog.Attr)
+}
+
 // routerLogger wraps the user's Logger: nil means silent, and repeated
 // lines can be limited to one a minute.
 type routerLogger struct {
-	l Logger
+	l   Logger
+	rec recordLogger // l, when it takes records
 
 	mu   sync.Mutex
 	last map[string]time.Time
@@ -27,19 +42,52 @@ const repeatInterval = time.Minute
 const maxRateLimitedLines = 1024
 
 func newRouterLogger(l Logger) *routerLogger {
-	return &routerLogger{l: l, last: make(map[string]time.Time)}
+	rec, _ := l.(recordLogger)
+	return &routerLogger{l: l, rec: rec, last: make(map[string]time.Time)}
 }
 
+// logf logs a line at level Info. For a logger that takes records, the
+// arguments that tell what the line is about (see logAttrs) also become
+// attributes.
 func (router *Router) logf(format string, args ...interface{}) {
-	if router.logger.l == nil {
+	lg := router.logger
+	switch {
+	case lg.l == nil:
+	case lg.rec == nil:
+		lg.l.Printf(format, args...)
+	case lg.rec.enabled(slog.LevelInfo):
+		router.emit(slog.LevelInfo, fmt.Sprintf(format, args...), args)
+	}
+}
+
+// logMsg logs msg at level Info; about holds what the line is about, as
+// for logAttrs.
+func (router *Router) logMsg(msg string, about ...interface{}) {
+	if router.logger.l != nil {
+		router.emit(slog.LevelInfo, msg, about)
+	}
+}
+
+// emit hands a line to the user's logger. It is called straight from the
+// router's logging methods, so that the record's source is their caller.
+func (router *Router) emit(level slog.Level, msg string, about []interface{}) {
+	lg := router.logger
+	if lg.rec == nil {
+		lg.l.Printf("%s", msg)
 		return
 	}
-	router.logger.l.Printf(format, args...)
+	if !lg.rec.enabled(level) {
+		return
+	}
+	var pcs [1]uintptr
+	runtime.Callers(3, pcs[:]) // skip Callers, emit and the logging method
+	lg.rec.logRecord(level, pcs[0], msg, router.logAttrs(about))
 }
 
-// logOnce logs msg unless the same line (under the same kind) was logged
-// in the last minute.
-func (router *Router) logOnce(kind, msg string) {
+// logOnce logs msg at level Warn unless the same line (under the same
+// kind) was logged in the last minute; about holds what the line is
+// about, as for logAttrs.
+func (router *Router) logOnce(kind, msg string, about ...interface{}) {
 	lg := router.logger
 	if lg.l == nil {
 		return
@@ -56,5 +104,5 @@ func (router *Router) logOnce(kind, msg string) {
 	}
 	lg.last[key] = now
 	lg.mu.Unlock()
-	lg.l.Printf("%s", msg)
+	router.emit(slog.LevelWarn, msg, about)
 }

@@ -419,7 +419,7 @@ func (router *Router) acceptLoop(ln net.Listener) {
 			}
 			// Out of file descriptors and the like: back off and retry.
 			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-			router.logOnce("accept", fmt.Sprintf("accept: %v", err))
+			router.logOnce("accept", fmt.Sprintf("accept: %v", err), err)
 			select {
 			case <-router.stop:
 				return
@@ -983,7 +983,7 @@ func (router *Router) relayBroadcast(channel string, src PeerName, data GossipDa
 		m := gossipMessage{Tag: tagGossipBroadcast, Channel: channel, Src: src, Payload: msg}
 		for _, c := range hops {
 			if err := c.sendMessage(&m, false); errors.Is(err, errQueueFull) {
-				router.logOnce("bcastdrop", fmt.Sprintf("%s: send queue full, broadcast dropped", c))
+				router.logOnce("bcastdrop", fmt.Sprintf("%s: send queue full, broadcast dropped", c), c)
 				router.metrics.broadcastSkipped.Add(1)
 			}
 		}
