@@ -205,13 +205,12 @@ func peerStatuses(router *Router) []PeerStatus {
 
 // unicastRouteStatuses lists the unicast routes, sorted by destination.
 func unicastRouteStatuses(router *Router) []UnicastRouteStatus {
-	rt := router.Routes.table.Load()
 	var out []UnicastRouteStatus
-	for i, h := range rt.unicast {
-		if h >= 0 && int32(i) != rt.g.us {
-			out = append(out, UnicastRouteStatus{Dest: rt.g.names[i].String(), Via: rt.g.names[h].String()})
-		}
+	for dst, via := range router.Routes.unicastTable(false) {
+		out = append(out, UnicastRouteStatus{Dest: dst.String(), Via: via.String()})
 	}
+	// Names sort as their fixed-width strings do.
+	slices.SortFunc(out, func(a, b UnicastRouteStatus) int { return cmp.Compare(a.Dest, b.Dest) })
 	return out
 }
 
@@ -251,7 +250,6 @@ func broadcastRouteStatuses(router *Router) (out []BroadcastRouteStatus, partial
 		}
 		out = append(out, br)
 	}
-	// Names sort as their fixed-width strings do.
 	slices.SortFunc(out, func(a, b BroadcastRouteStatus) int { return cmp.Compare(a.Source, b.Source) })
 	return out, partial
 }

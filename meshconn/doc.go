@@ -28,7 +28,7 @@
 //     two peers follow the current route and usually arrive in the order
 //     they were written, but a change of route can reorder them.
 //   - A datagram holds at most MaxDatagramSize bytes, and must also fit,
-//     with about 100 bytes of headers plus the channel name, in the
+//     with about 150 bytes of headers plus the channel name, in the
 //     Config.MaxFrameSize of every router on the way (10 MiB by default);
 //     a router drops a message too large for a frame.
 //
