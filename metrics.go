@@ -252,9 +252,9 @@ func (router *Router) Metrics() Metrics {
 	out.Connections.Current = len(router.conns)
 	router.mu.RUnlock()
 	if chans := m.channels.Load(); chans != nil {
-		out.Channels = make(map[string]ChannelMetrics, len(*chans))
-		for name, c := range *chans {
-			out.Channels[name] = c.snapshot()
+		out.Channels = make(map[string]ChannelMetrics, len(chans.names))
+		for i, name := range chans.names {
+			out.Channels[name] = chans.counters[i].snapshot()
 		}
 	}
 	return out
@@ -334,10 +334,10 @@ type routerMetrics struct {
 	received trafficCounters
 	_        [64]byte
 
-	// channels maps the name of every registered channel to its
-	// counters. The map is never modified: registering a channel stores a
-	// new one, so that counting a frame needs no lock.
-	channels  atomic.Pointer[map[string]*channelMetrics]
+	// channels finds the counters of every registered channel. A table is
+	// never modified: registering a channel stores a new one, so that
+	// counting a frame needs no lock.
+	channels  atomic.Pointer[channelTable]
 	channelMu sync.Mutex // serialises registrations
 
 	dials, accepted, established, dropped atomic.Uint64
@@ -350,23 +350,53 @@ type routerMetrics struct {
 	sendQueueFull, inboxFull, broadcastSkipped, eventsDropped atomic.Uint64
 }
 
+// channelTable maps channel names to their counters.
+type channelTable struct {
+	names    []string
+	counters []*channelMetrics
+	// index is used instead of a scan of names when there are many.
+	index map[string]*channelMetrics
+}
+
+// maxChannelScan is how many channels are looked up by comparing names
+// one by one, which is faster than hashing for a few short names.
+const maxChannelScan = 8
+
+func (t *channelTable) lookup(name []byte) *channelMetrics {
+	if t.index != nil {
+		return t.index[string(name)] // does not allocate
+	}
+	for i, n := range t.names {
+		if n == string(name) {
+			return t.counters[i]
+		}
+	}
+	return nil
+}
+
 // addChannel registers the counters of a new channel and returns them.
 func (m *routerMetrics) addChannel(name string) *channelMetrics {
 	m.channelMu.Lock()
 	defer m.channelMu.Unlock()
 	old := m.channels.Load()
-	next := make(map[string]*channelMetrics, 1)
-	if old != nil {
-		for n, c := range *old {
-			next[n] = c
+	if old == nil {
+		old = &channelTable{}
+	}
+	if c := old.lookup([]byte(name)); c != nil {
+		return c
+	}
+	c := &channelMetrics{}
+	next := &channelTable{
+		names:    append(old.names[:len(old.names):len(old.names)], name),
+		counters: append(old.counters[:len(old.counters):len(old.counters)], c),
+	}
+	if len(next.names) > maxChannelScan {
+		next.index = make(map[string]*channelMetrics, len(next.names))
+		for i, n := range next.names {
+			next.index[n] = next.counters[i]
 		}
 	}
-	c := next[name]
-	if c == nil {
-		c = &channelMetrics{}
-		next[name] = c
-	}
-	m.channels.Store(&next)
+	m.channels.Store(next)
 	return c
 }
 
@@ -405,7 +435,7 @@ func (m *routerMetrics) channel(kind frameKind, name []byte) *channelMetrics {
 	if chans == nil {
 		return nil
 	}
-	return (*chans)[string(name)] // does not allocate
+	return chans.lookup(name)
 }
 
 // gossipMerged counts a merge in a send queue; m may be nil (queues made
@@ -445,6 +475,14 @@ func classifyFrame(body []byte) (frameKind, []byte) {
 // frameChannel reads the channel name that follows the tag of a gossip
 // frame body: one gob message holding a string.
 func frameChannel(body []byte) []byte {
+	// The usual case, names shorter than 123 bytes: the message length,
+	// the string type, delta 0 and the name's length each take one byte.
+	if len(body) >= 5 && body[1] < 0x80 && body[2] == gobTypeString<<1 && body[3] == 0 && body[4] < 0x80 && int(body[1]) == 3+int(body[4]) {
+		if end := 5 + int(body[4]); end <= len(body) {
+			return body[5:end:end]
+		}
+		return nil
+	}
 	d := rawDecoder{b: body, off: 1}
 	if _, err := d.uint(); err != nil { // the message's length
 		return nil

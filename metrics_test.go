@@ -400,7 +400,18 @@ func TestMetricsPerChannel(t *testing.T) {
 	require.Equal(t, Count{1, uint64(len(u))}, a.Sent.Unicast)
 	require.Equal(t, uint64(1), a.Received.Gossip.Messages)
 	require.Zero(t, a.Received.Broadcast.Messages)
-	require.Equal(t, ChannelMetrics{}, (*m.channels.Load())["b"].snapshot())
+	require.Equal(t, ChannelMetrics{}, m.channels.Load().lookup([]byte("b")).snapshot())
+	require.Nil(t, m.channels.Load().lookup([]byte("c")))
+
+	// With many channels, a map finds them.
+	for i := range 2 * maxChannelScan {
+		m.addChannel(fmt.Sprint("many", i))
+	}
+	require.NotNil(t, m.channels.Load().index)
+	require.Same(t, ca, m.channels.Load().lookup([]byte("a")))
+	m.frameSent(u, nil)
+	require.Equal(t, Count{2, 2 * uint64(len(u))}, ca.snapshot().Sent.Unicast)
+	require.Len(t, m.channels.Load().names, 2+2*maxChannelScan)
 
 	kinds := 0
 	s.Each(func(string, Count) { kinds++ })
