@@ -232,6 +232,48 @@ const maxSurrogatePending = 1 << 20
 // counts for, besides its name and messages.
 const surrogateKeyOverhead = 64
 
+// pushSurrogate queues gossip relayed for a channel not registered here;
+// the caller holds q.mu. Each channel waits under a key of its own, and
+// any peer can make up channel names, so the bound maxSurrogatePending
+// holds for all such channels of the queue together: the channel's own
+// older messages make room first, and a message that still does not fit is
+// dropped (its owners' periodic gossip repairs that). Only a queue holding
+// nothing else takes a message larger than the bound. It reports whether s
+// was queued.
+func (q *sendQueue) pushSurrogate(key gossipKey, s *surrogateData) bool {
+	if q.gossip == nil {
+		q.gossip = make(map[gossipKey]GossipData)
+	}
+	cost := func(d *surrogateData) int { return d.size + len(key.channel) + surrogateKeyOverhead }
+	switch pending := q.gossip[key].(type) {
+	case nil:
+		if q.surrogateBytes > 0 && q.surrogateBytes+cost(s) > maxSurrogatePending {
+			q.dropped++
+			return false
+		}
+		q.gossip[key] = s
+		q.order = append(q.order, key)
+		q.surrogateBytes += cost(s)
+	case *surrogateData:
+		merged := pending.Merge(s).(*surrogateData)
+		others := q.surrogateBytes - cost(pending)
+		for len(merged.msgs) > 1 && others+cost(merged) > maxSurrogatePending {
+			merged.size -= len(merged.msgs[0])
+			merged.msgs = merged.msgs[1:]
+		}
+		if others > 0 && others+cost(merged) > maxSurrogatePending {
+			q.dropped++
+			return false
+		}
+		q.gossip[key] = merged
+		q.surrogateBytes = others + cost(merged)
+	default:
+		// The channel has been registered since: its data absorbs it.
+		q.gossip[key] = pending.Merge(s)
+	}
+	return true
+}
+
 func newSurrogateData(msg []byte) *surrogateData {
 	return &surrogateData{msgs: [][]byte{msg}, size: len(msg)}
 }

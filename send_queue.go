@@ -159,17 +159,12 @@ func (q *sendQueue) pushGossip(key gossipKey, data GossipData) {
 		return
 	}
 	if s, ok := data.(*surrogateData); ok {
-		// Each channel is a key of its own, and any peer can make up
-		// channel names: gossip relayed for channels not registered here
-		// is bounded for the whole queue. Beyond the bound it is dropped
-		// (its owners' periodic gossip repairs that).
-		cost := s.size + len(key.channel) + surrogateKeyOverhead
-		if q.surrogateBytes > 0 && q.surrogateBytes+cost > maxSurrogatePending {
-			q.dropped++
-			q.mu.Unlock()
-			return
+		queued := q.pushSurrogate(key, s)
+		q.mu.Unlock()
+		if queued {
+			q.signal()
 		}
-		q.surrogateBytes += cost
+		return
 	}
 	if q.gossip == nil {
 		q.gossip = make(map[gossipKey]GossipData)
