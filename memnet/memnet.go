@@ -52,6 +52,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"sync"
 	"syscall"
@@ -182,6 +183,18 @@ func (n *Network) Host(name string) *Host {
 		n.changedLocked()
 	}
 	return h
+}
+
+// Hosts returns the names of the hosts created so far, sorted.
+func (n *Network) Hosts() []string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	out := make([]string, 0, len(n.hosts))
+	for name := range n.hosts {
+		out = append(out, name)
+	}
+	slices.Sort(out)
+	return out
 }
 
 // Conns returns the number of connections open on the network: neither

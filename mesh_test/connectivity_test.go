@@ -1,0 +1,148 @@
+package mesh_test
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// routeVia reports whether from's next hop towards to is via.
+func routeVia(from, to, via *node) (bool, string) {
+	hop, ok := from.router.Routes.Unicast(to.router.Ourself.Name)
+	if !ok || hop != via.router.Ourself.Name {
+		return false, fmt.Sprintf("peer %d reaches peer %d via %v (found %v), want peer %d", from.index, to.index, hop, ok, via.index)
+	}
+	return true, ""
+}
+
+// connectedTo reports whether n has an established connection to o.
+func connectedTo(n, o *node) bool {
+	for _, c := range n.router.Ourself.Connections() {
+		if c.Remote().Name == o.router.Ourself.Name {
+			return true
+		}
+	}
+	return false
+}
+
+// exchange sends a unicast each way between a and b and a broadcast from
+// each, and waits until every peer got what it should, once.
+func exchange(t *testing.T, nodes []*node, a, b *node, tag string) {
+	t.Helper()
+	require.NoError(t, a.gossip.GossipUnicast(b.router.Ourself.Name, []byte(tag+"-ab")))
+	require.NoError(t, b.gossip.GossipUnicast(a.router.Ourself.Name, []byte(tag+"-ba")))
+	for _, src := range []*node{a, b} {
+		item := fmt.Sprintf("%s-from-%d", tag, src.index)
+		src.rec.merge(item)
+		src.gossip.GossipBroadcast(newSetData(item))
+	}
+	wantUnicast := func(n, from *node, msg string) bool {
+		for _, u := range n.rec.unicastLog() {
+			if u == from.router.Ourself.Name.String()+":"+msg {
+				return true
+			}
+		}
+		return false
+	}
+	eventually(t, tag+": unicasts and broadcasts delivered", func() (bool, string) {
+		if !wantUnicast(b, a, tag+"-ab") || !wantUnicast(a, b, tag+"-ba") {
+			return false, fmt.Sprintf("unicasts: %v, %v", a.rec.unicastLog(), b.rec.unicastLog())
+		}
+		for _, n := range nodes {
+			for _, src := range []*node{a, b} {
+				if item := fmt.Sprintf("%s-from-%d", tag, src.index); n != src && !n.rec.has(item) {
+					return false, fmt.Sprintf("peer %d lacks %s", n.index, item)
+				}
+			}
+		}
+		return true, ""
+	})
+	for _, n := range nodes {
+		for _, src := range []*node{a, b} {
+			want := 1
+			if n == src {
+				want = 0
+			}
+			item := fmt.Sprintf("%s-from-%d", tag, src.index)
+			require.Equal(t, want, n.rec.broadcastCount(item), "peer %d received %s", n.index, item)
+		}
+	}
+}
+
+// A and C cannot reach each other, but both reach B: B relays between
+// them. When A loses B too, A and C find the path through D.
+func TestPartialConnectivity(t *testing.T) {
+	checkNoGoroutineLeak(t)
+	nw, _ := newMemNetwork(t)
+	o := memOptions{heartbeat: 200 * time.Millisecond, handshakeTimeout: time.Second}
+	nodes := startMemNodes(t, nw, 3, o)
+	a, b, c := nodes[0], nodes[1], nodes[2]
+	nw.Cut(memHost(a.index), memHost(c.index))
+	// A is also told to connect to C, which keeps failing.
+	a.connectToIndexes(b.index, c.index)
+	c.connectToIndexes(b.index)
+	eventually(t, "the three peers settle", func() (bool, string) { return settled(nodes) })
+	if ok, msg := routeVia(a, c, b); !ok {
+		t.Fatal(msg)
+	}
+	require.False(t, connectedTo(a, c))
+	exchange(t, nodes, a, c, "via-b")
+
+	d := startMemNode(t, nw, 3, o)
+	d.connectToIndexes(a.index, c.index)
+	nodes = append(nodes, d)
+	eventually(t, "the four peers settle", func() (bool, string) { return settled(nodes) })
+
+	nw.Cut(memHost(a.index), memHost(b.index))
+	took := eventually(t, "A and C reach each other through D", func() (bool, string) {
+		if connectedTo(a, b) || connectedTo(b, a) {
+			return false, "A and B still connected"
+		}
+		if ok, msg := routeVia(a, c, d); !ok {
+			return false, msg
+		}
+		if ok, msg := routeVia(c, a, d); !ok {
+			return false, msg
+		}
+		return settled(nodes)
+	})
+	t.Logf("A and C rerouted through D %v after the link A-B was cut", took)
+	exchange(t, nodes, a, c, "via-d")
+	exchange(t, nodes, a, b, "a-to-b")
+}
+
+// When the hub of a star stops, the leaves, which found each other by
+// discovery, go on as a mesh of their own.
+func TestHubFailure(t *testing.T) {
+	checkNoGoroutineLeak(t)
+	nw, _ := newMemNetwork(t)
+	nodes := startMemNodes(t, nw, 8, memOptions{discovery: true, heartbeat: 200 * time.Millisecond})
+	hub, leaves := nodes[0], nodes[1:]
+	for _, leaf := range leaves {
+		leaf.connectToIndexes(hub.index)
+	}
+	took := waitFullKnowledge(t, nodes)
+	t.Logf("every peer of the star knew every other in %v", took)
+	// Once every peer has a route to every other, every peer has seen the
+	// hub reachable, and so removes it a second after it stops. The leaves
+	// need not have connected to each other yet.
+	eventually(t, "routes everywhere", func() (bool, string) { return routesEverywhere(nodes) })
+
+	stopMemNode(nw, hub)
+	start := time.Now()
+	eventually(t, "the leaves connected without the hub", func() (bool, string) {
+		for _, leaf := range leaves {
+			if len(leaf.router.Ourself.Connections()) == 0 {
+				return false, fmt.Sprintf("peer %d has no connection", leaf.index)
+			}
+		}
+		return settled(leaves)
+	})
+	t.Logf("the leaves settled %v after the hub stopped", time.Since(start))
+	for _, leaf := range leaves {
+		require.Nil(t, leaf.router.Peers.Fetch(hub.router.Ourself.Name), "peer %d still knows the hub", leaf.index)
+	}
+	exchange(t, leaves, leaves[0], leaves[len(leaves)-1], "leaves")
+}
