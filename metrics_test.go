@@ -388,15 +388,16 @@ func TestMetricsPerChannel(t *testing.T) {
 	m.frameSent(msg(tagGossip, topologyChannel, 50), nil)
 	m.frameSent([]byte{tagHeartbeat}, nil)
 
-	s := m.sent.snapshot()
-	require.Equal(t, Count{2, uint64(len(u) + len(msg(tagGossipUnicast, "a", 10)))}, s.Unicast)
+	s, r, chans := m.traffic()
+	require.Equal(t, Count{2, uint64(len(u) + len(msg(tagGossipUnicast, "a", 10)))}, s.Unicast, "totals include channels")
 	require.Equal(t, uint64(1), s.Topology.Messages)
 	require.Equal(t, Count{1, 1}, s.Heartbeat)
-	r := m.received.snapshot()
 	require.Equal(t, uint64(1), r.Gossip.Messages)
 	require.Equal(t, uint64(1), r.Broadcast.Messages)
+	require.Len(t, chans, 2)
 
-	a := ca.snapshot()
+	a := chans["a"]
+	require.Equal(t, a, ca.snapshot())
 	require.Equal(t, Count{1, uint64(len(u))}, a.Sent.Unicast)
 	require.Equal(t, uint64(1), a.Received.Gossip.Messages)
 	require.Zero(t, a.Received.Broadcast.Messages)
@@ -411,7 +412,9 @@ func TestMetricsPerChannel(t *testing.T) {
 	require.Same(t, ca, m.channels.Load().lookup([]byte("a")))
 	m.frameSent(u, nil)
 	require.Equal(t, Count{2, 2 * uint64(len(u))}, ca.snapshot().Sent.Unicast)
-	require.Len(t, m.channels.Load().names, 2+2*maxChannelScan)
+	s, _, _ = m.traffic()
+	require.Equal(t, uint64(3), s.Unicast.Messages)
+	require.Len(t, m.channels.Load().entries, 2+2*maxChannelScan)
 
 	kinds := 0
 	s.Each(func(string, Count) { kinds++ })
