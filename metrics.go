@@ -2,6 +2,7 @@ package mesh
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"net"
 	"os"
@@ -268,8 +269,8 @@ func (router *Router) Metrics() Metrics {
 func (m *routerMetrics) traffic() (sent, received Traffic, channels map[string]ChannelMetrics) {
 	sent, received = m.sent.snapshot(), m.received.snapshot()
 	if chans := m.channels.Load(); chans != nil {
-		channels = make(map[string]ChannelMetrics, len(chans.entries))
-		for _, e := range chans.entries {
+		channels = make(map[string]ChannelMetrics, len(chans.all))
+		for _, e := range chans.all {
 			c := e.counters.snapshot()
 			channels[e.name] = c
 			sent.addChannel(c.Sent)
@@ -374,30 +375,50 @@ type routerMetrics struct {
 	sendQueueFull, inboxFull, broadcastSkipped, eventsDropped atomic.Uint64
 }
 
-// channelTable maps channel names to their counters.
+// channelTable maps channel names to their counters. The first
+// maxChannelScan channels are found by comparing a key made of the name's
+// length and first bytes, held in the table itself, so that finding a
+// channel usually reads one cache line; more are found in a map.
 type channelTable struct {
-	entries []channelEntry
-	// index is used instead of a scan of entries when there are many.
-	index map[string]*channelMetrics
+	n     int
+	scan  [maxChannelScan]channelEntry
+	index map[string]*channelMetrics // the channels after the first maxChannelScan
+	all   []channelEntry             // every channel, in order of registration
 }
 
 type channelEntry struct {
+	key      uint64
 	name     string
 	counters *channelMetrics
 }
 
-// maxChannelScan is how many channels are looked up by comparing names
-// one by one, which is faster than hashing for a few short names.
+// maxChannelScan is how many channels are looked up by comparing keys one
+// by one, which is faster than hashing.
 const maxChannelScan = 8
 
+// channelKey packs the length of name and its first seven bytes, which
+// identify names of up to seven bytes completely.
+func channelKey(name []byte) uint64 {
+	var k uint64
+	if len(name) >= 8 {
+		k = binary.LittleEndian.Uint64(name) & (1<<56 - 1)
+	} else {
+		for i, c := range name {
+			k |= uint64(c) << (8 * i)
+		}
+	}
+	return k | uint64(len(name)&0xff)<<56
+}
+
 func (t *channelTable) lookup(name []byte) *channelMetrics {
+	k := channelKey(name)
+	for i := 0; i < t.n; i++ {
+		if e := &t.scan[i]; e.key == k && (len(name) <= 7 || e.name == string(name)) {
+			return e.counters
+		}
+	}
 	if t.index != nil {
 		return t.index[string(name)] // does not allocate
-	}
-	for i := range t.entries {
-		if t.entries[i].name == string(name) {
-			return t.entries[i].counters
-		}
 	}
 	return nil
 }
@@ -414,10 +435,14 @@ func (m *routerMetrics) addChannel(name string) *channelMetrics {
 		return c
 	}
 	c := &channelMetrics{}
-	next := &channelTable{entries: append(old.entries[:len(old.entries):len(old.entries)], channelEntry{name, c})}
-	if len(next.entries) > maxChannelScan {
-		next.index = make(map[string]*channelMetrics, len(next.entries))
-		for _, e := range next.entries {
+	e := channelEntry{key: channelKey([]byte(name)), name: name, counters: c}
+	next := &channelTable{n: old.n, scan: old.scan, all: append(old.all[:len(old.all):len(old.all)], e)}
+	if next.n < maxChannelScan {
+		next.scan[next.n] = e
+		next.n++
+	} else {
+		next.index = make(map[string]*channelMetrics, len(next.all))
+		for _, e := range next.all[maxChannelScan:] {
 			next.index[e.name] = e.counters
 		}
 	}

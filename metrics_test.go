@@ -404,17 +404,29 @@ func TestMetricsPerChannel(t *testing.T) {
 	require.Equal(t, ChannelMetrics{}, m.channels.Load().lookup([]byte("b")).snapshot())
 	require.Nil(t, m.channels.Load().lookup([]byte("c")))
 
-	// With many channels, a map finds them.
+	// Names alike in their first bytes, or in all but their length, are
+	// told apart; past the first few channels, a map finds them.
+	names := []string{"channel-one", "channel-two", "channel", "channe", "channel-one-more"}
 	for i := range 2 * maxChannelScan {
-		m.addChannel(fmt.Sprint("many", i))
+		names = append(names, fmt.Sprint("many-channels-", i))
 	}
+	counters := make(map[*channelMetrics]string)
+	for _, n := range names {
+		counters[m.addChannel(n)] = n
+	}
+	require.Len(t, counters, len(names), "one set of counters per name")
 	require.NotNil(t, m.channels.Load().index)
+	for c, n := range counters {
+		require.Same(t, c, m.channels.Load().lookup([]byte(n)), n)
+	}
+	require.Nil(t, m.channels.Load().lookup([]byte("channel-")))
+	require.Nil(t, m.channels.Load().lookup([]byte("many-channels-99")))
 	require.Same(t, ca, m.channels.Load().lookup([]byte("a")))
 	m.frameSent(u, nil)
 	require.Equal(t, Count{2, 2 * uint64(len(u))}, ca.snapshot().Sent.Unicast)
 	s, _, _ = m.traffic()
 	require.Equal(t, uint64(3), s.Unicast.Messages)
-	require.Len(t, m.channels.Load().entries, 2+2*maxChannelScan)
+	require.Len(t, m.channels.Load().all, 2+len(names))
 
 	kinds := 0
 	s.Each(func(string, Count) { kinds++ })
