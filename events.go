@@ -93,7 +93,8 @@ const subscriberQueueLimit = 1024
 //
 // After cancel returns no further call of fn starts; one in progress on
 // another goroutine may still be running. cancel may be called from fn, and
-// more than once. Router.Stop waits for every subscriber's fn to return.
+// more than once. Router.Stop waits for every subscriber's fn to return, so
+// fn must not call it.
 func (router *Router) Subscribe(fn func(Event)) (cancel func()) {
 	return router.events.subscribe(router, fn)
 }
