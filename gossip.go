@@ -249,6 +249,7 @@ func (q *sendQueue) pushSurrogate(key gossipKey, s *surrogateData) bool {
 	case nil:
 		if q.surrogateBytes > 0 && q.surrogateBytes+cost(s) > maxSurrogatePending {
 			q.dropped++
+			q.metrics.surrogateDropped()
 			return false
 		}
 		q.gossip[key] = s
@@ -256,6 +257,7 @@ func (q *sendQueue) pushSurrogate(key gossipKey, s *surrogateData) bool {
 		q.surrogateBytes += cost(s)
 	case *surrogateData:
 		merged := pending.Merge(s).(*surrogateData)
+		q.metrics.gossipMerged()
 		others := q.surrogateBytes - cost(pending)
 		for len(merged.msgs) > 1 && others+cost(merged) > maxSurrogatePending {
 			merged.size -= len(merged.msgs[0])
@@ -263,6 +265,7 @@ func (q *sendQueue) pushSurrogate(key gossipKey, s *surrogateData) bool {
 		}
 		if others > 0 && others+cost(merged) > maxSurrogatePending {
 			q.dropped++
+			q.metrics.surrogateDropped()
 			return false
 		}
 		q.gossip[key] = merged

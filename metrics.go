@@ -217,7 +217,8 @@ func (f *ConnectionFailures) field(r failureReason) *uint64 {
 type DropMetrics struct {
 	// SendQueueFull counts the messages (relayed unicasts, broadcasts,
 	// relayed frames) dropped because the send queue of the next hop was
-	// full.
+	// full, and the gossip of channels not registered here dropped because
+	// its share of a send queue was full.
 	SendQueueFull uint64
 	// InboxFull counts the received messages dropped because their
 	// channel's inbox was full.
@@ -495,6 +496,14 @@ func (m *routerMetrics) channel(kind frameKind, name []byte) *channelMetrics {
 func (m *routerMetrics) gossipMerged() {
 	if m != nil {
 		m.gossipMerges.Add(1)
+	}
+}
+
+// surrogateDropped counts gossip of a channel not registered here dropped
+// because its share of a send queue was full; m may be nil.
+func (m *routerMetrics) surrogateDropped() {
+	if m != nil {
+		m.sendQueueFull.Add(1)
 	}
 }
 

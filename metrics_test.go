@@ -463,8 +463,23 @@ func TestMetricsQueueMerges(t *testing.T) {
 	q.pushGossip(gossipKey{tag: tagGossip, channel: "d", src: 1}, obsData{"3"})
 	q.pushGossip(k, obsData{"4"})
 	require.EqualValues(t, 2, m.gossipMerges.Load())
+
+	// Gossip relayed for channels not registered here is merged too, and
+	// dropped beyond its share of the queue.
+	s1 := gossipKey{tag: tagGossip, channel: "unknown1", src: 1}
+	s2 := gossipKey{tag: tagGossip, channel: "unknown2", src: 1}
+	q.pushGossip(s1, newSurrogateData(make([]byte, maxSurrogatePending)))
+	q.pushGossip(s2, newSurrogateData([]byte("x")))
+	require.EqualValues(t, 1, m.sendQueueFull.Load())
+	q.pushGossip(s1, newSurrogateData([]byte("y")))
+	require.EqualValues(t, 3, m.gossipMerges.Load())
+
 	// Queues made without a router count nothing and do not fail.
-	newSendQueue(1<<10).pushGossip(k, obsData{"1"})
+	q = newSendQueue(1 << 10)
+	q.pushGossip(k, obsData{"1"})
+	q.pushGossip(k, obsData{"2"})
+	q.pushGossip(s1, newSurrogateData(make([]byte, maxSurrogatePending)))
+	q.pushGossip(s2, newSurrogateData([]byte("x")))
 }
 
 // BenchmarkCounters measures what counting a frame costs: classifying it
