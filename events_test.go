@@ -138,9 +138,13 @@ func TestEventsFromTopology(t *testing.T) {
 	require.NoError(t, r.Stop()) // waits for the subscribers' goroutines
 	require.Equal(t, want, describe(log.all()))
 
-	// Subscribing after Stop delivers nothing and starts nothing.
-	r.Subscribe(log.add)()
-	require.Equal(t, want, describe(log.all()))
+	// Subscribing after Stop starts nothing.
+	cancel3 := r.Subscribe(log.add)
+	r.events.mu.Lock()
+	require.Empty(t, r.events.subs)
+	r.events.mu.Unlock()
+	require.Zero(t, r.events.active.Load())
+	cancel3()
 }
 
 // TestEventsSubscriberFallsBehind blocks a subscriber while more events
