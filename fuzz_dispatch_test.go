@@ -14,6 +14,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/stretchr/testify/require"
 )
 
 // pipeListener is a net.Listener whose connections the test hands over:
@@ -170,11 +172,11 @@ func (d *dispatchRouter) settle(tb testing.TB) []recordedCall {
 	}
 }
 
-// expectedCalls returns what the router hands to the Gossiper of "vec"
-// for the first intact bodies of a connection: it stops at the first body
-// that ends the connection (a gossip message that does not parse, a
-// topology or digest that does not decode).
-func (d *dispatchRouter) expectedCalls(bodies [][]byte, intact int, digests bool) []recordedCall {
+// expectedCalls returns what router r hands to the Gossiper of "vec" for
+// the first intact bodies of a connection: it stops at the first body that
+// ends the connection (a gossip message that does not parse, a topology or
+// digest that does not decode).
+func expectedCalls(r *Router, bodies [][]byte, intact int, digests bool) []recordedCall {
 	var out []recordedCall
 	for _, b := range bodies[:intact] {
 		if len(b) == 0 {
@@ -191,7 +193,7 @@ func (d *dispatchRouter) expectedCalls(bodies [][]byte, intact int, digests bool
 		}
 		switch {
 		case m.Tag == tagGossip && m.Channel == topologyChannel:
-			if _, err := decodeTopology(m.Payload, d.r.limits); err != nil {
+			if _, err := decodeTopology(m.Payload, r.limits); err != nil {
 				return out
 			}
 		case m.Tag == tagGossip && m.Channel == digestChannel && digests:
@@ -199,7 +201,7 @@ func (d *dispatchRouter) expectedCalls(bodies [][]byte, intact int, digests bool
 				return out
 			}
 		case m.Channel != "vec":
-		case m.Tag == tagGossipUnicast && m.Dst == d.r.Ourself.Name:
+		case m.Tag == tagGossipUnicast && m.Dst == r.Ourself.Name:
 			out = append(out, recordedCall{"unicast", m.Src, string(m.Payload)})
 		case m.Tag == tagGossipBroadcast:
 			out = append(out, recordedCall{"broadcast", m.Src, string(m.Payload)})
@@ -213,7 +215,7 @@ func (d *dispatchRouter) expectedCalls(bodies [][]byte, intact int, digests bool
 // run connects as d.peer, completes the handshake, sends the bodies sealed
 // and tampered with as mode says, closes, and returns the bodies and how
 // many of them the router must have accepted.
-func (d *dispatchRouter) run(tb testing.TB, mode byte, data []byte, pos uint16, xor byte) (bodies [][]byte, intact int) {
+func (d *dispatchRouter) run(tb testing.TB, mode byte, data []byte, pos uint16, xor byte) ([][]byte, int) {
 	conn, err := d.ln.dial()
 	if err != nil {
 		tb.Fatal(err)
@@ -238,52 +240,8 @@ func (d *dispatchRouter) run(tb testing.TB, mode byte, data []byte, pos uint16, 
 		_, _ = io.Copy(io.Discard, br)
 	}()
 
-	kind := int(mode&7) % fuzzSealRaw
-	bodies = splitBodies16(data)
-	var frames [][]byte
-	for _, b := range bodies {
-		fr, err := res.writer.appendFrame(nil, b)
-		if err != nil {
-			tb.Fatalf("sealing %d bytes: %v", len(b), err)
-		}
-		frames = append(frames, fr)
-	}
-	intact = len(frames)
-	if n := len(frames); n > 0 {
-		i := int(pos) % n
-		switch kind {
-		case fuzzSealDup:
-			frames = slices.Insert(frames, i+1, frames[i])
-			intact = i + 1
-		case fuzzSealSwap:
-			if i+1 < n && !bytes.Equal(frames[i], frames[i+1]) {
-				frames[i], frames[i+1] = frames[i+1], frames[i]
-				intact = i
-			}
-		case fuzzSealDrop:
-			frames = slices.Delete(frames, i, i+1)
-			intact = i
-		}
-	}
-	var stream []byte
-	var ends []int
-	for _, fr := range frames {
-		stream = append(stream, fr...)
-		ends = append(ends, len(stream))
-	}
-	if len(stream) > 0 {
-		p := int(pos) % len(stream)
-		switch kind {
-		case fuzzSealFlip:
-			if xor != 0 {
-				stream[p] ^= xor
-				intact = min(intact, frameAt(ends, p))
-			}
-		case fuzzSealTruncate:
-			stream = stream[:p]
-			intact = min(intact, frameAt(ends, p))
-		}
-	}
+	bodies := splitBodies16(data)
+	stream, _, intact := sealTampered(tb, res.writer, bodies, int(mode&7)%fuzzSealRaw, pos, xor)
 	// The router may end the connection before it has read everything.
 	_, _ = conn.Write(stream)
 	conn.Close()
@@ -298,13 +256,46 @@ func (d *dispatchRouter) run(tb testing.TB, mode byte, data []byte, pos uint16, 
 	return bodies, intact
 }
 
-// FuzzDispatch feeds sealed frames with arbitrary bodies, tampered with or
-// not, into a running router over a real handshake. Whatever the bodies,
-// the router must not panic, must end the connection at the first frame
-// that fails authentication (a flipped bit, a replayed, reordered or
+// FuzzDispatchLive feeds sealed frames with arbitrary bodies, tampered
+// with or not, into a running router over a real handshake. Whatever the
+// bodies, the router must not panic, must end the connection at the first
+// frame that fails authentication (a flipped bit, a replayed, reordered or
 // missing frame), and its Gossiper must get exactly the messages of the
-// frames before that, up to the first malformed one.
-func FuzzDispatch(f *testing.F) {
+// frames before that, up to the first malformed one. FuzzDispatch checks
+// the same without goroutines or timing, which suits fuzzing better; this
+// one runs the same corpus through everything a connection goes through.
+func FuzzDispatchLive(f *testing.F) {
+	addDispatchSeeds(f)
+	before := runtime.NumGoroutine()
+	d := newDispatchRouter(f)
+	f.Cleanup(func() {
+		d.r.Stop()
+		deadline := time.Now().Add(10 * time.Second)
+		for runtime.NumGoroutine() > before {
+			if time.Now().After(deadline) {
+				buf := make([]byte, 1<<20)
+				n := runtime.Stack(buf, true)
+				f.Errorf("%d goroutines after Stop, %d before the router started:\n%s", runtime.NumGoroutine(), before, buf[:n])
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	})
+	f.Fuzz(func(t *testing.T, mode byte, data []byte, pos uint16, xor byte) {
+		bodies, intact := d.run(t, mode, data, pos, xor)
+		want := expectedCalls(d.r, bodies, intact, mode&fuzzDispatchDigests != 0)
+		got := d.settle(t)
+		if !slices.Equal(got, want) {
+			t.Fatalf("the Gossiper got %d messages, want %d (frames intact: %d of %d):\ngot  %v\nwant %v",
+				len(got), len(want), intact, len(bodies), got, want)
+		}
+	})
+}
+
+// addDispatchSeeds adds the seeds of FuzzDispatch and FuzzDispatchLive:
+// what the probe sent weave in the captures, tampered with in every way,
+// and a few hand-made sequences.
+func addDispatchSeeds(f *testing.F) {
 	v := loadVectors(f)
 	var bodies [][]byte
 	for _, fr := range vectorFrames(f) {
@@ -329,30 +320,117 @@ func FuzzDispatch(f *testing.F) {
 		Payload: appendDigest(nil, []digestEntry{{Name: probe, UID: 99, Version: 3}})})
 	f.Add(byte(fuzzSealDup|fuzzDispatchDigests), joinBodies16(unicast, digest, bcast, unicast), uint16(0), byte(0))
 	f.Add(byte(fuzzSealSwap), joinBodies16(unicast, bcast, unicast), uint16(1), byte(0))
+}
 
-	before := runtime.NumGoroutine()
-	d := newDispatchRouter(f)
-	f.Cleanup(func() {
-		d.r.Stop()
-		deadline := time.Now().Add(10 * time.Second)
-		for runtime.NumGoroutine() > before {
-			if time.Now().After(deadline) {
-				f.Errorf("%d goroutines after Stop, %d before the router started", runtime.NumGoroutine(), before)
-				return
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	})
-
+// FuzzDispatch runs a connection's read loop on a router that was never
+// started, over sealed frames with arbitrary bodies, tampered with or not:
+// nothing runs in the background and nothing depends on timing, so every
+// input behaves the same each time. Whatever the bodies, the read loop
+// must not panic, must stop at the first frame that fails authentication
+// (a flipped bit, a replayed, reordered or missing frame), must hand the
+// Gossiper exactly the messages of the frames before it up to the first
+// malformed one, and must keep within the limits of the peer table and
+// the send queue.
+func FuzzDispatch(f *testing.F) {
+	addDispatchSeeds(f)
 	f.Fuzz(func(t *testing.T, mode byte, data []byte, pos uint16, xor byte) {
-		bodies, intact := d.run(t, mode, data, pos, xor)
-		want := d.expectedCalls(bodies, intact, mode&fuzzDispatchDigests != 0)
-		got := d.settle(t)
+		got, want, bodies, intact := syncDispatch(t, mode, data, pos, xor)
 		if !slices.Equal(got, want) {
-			t.Fatalf("the Gossiper got %d messages, want %d (frames intact: %d of %d):\ngot  %v\nwant %v",
+			t.Fatalf("the Gossiper would get %d messages, want %d (frames intact: %d of %d):\ngot  %v\nwant %v",
 				len(got), len(want), intact, len(bodies), got, want)
 		}
 	})
+}
+
+// syncDispatch is one input of FuzzDispatch. It checks the limits itself
+// and returns what the Gossiper of "vec" would get and what it must get.
+func syncDispatch(t testing.TB, mode byte, data []byte, pos uint16, xor byte) (got, want []recordedCall, bodies [][]byte, intact int) {
+	us, _ := PeerNameFromString("02:00:00:00:00:01")
+	peer, _ := PeerNameFromString(loadVectors(t).Probe.Name)
+	const maxPeers, queueBytes = 64, 64 << 10
+	r, err := NewRouter(Config{MaxPeers: maxPeers, SendQueueBytes: queueBytes}, us, "weaveA", nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.NewGossip("vec", &recordingGossiper{}); err != nil {
+		t.Fatal(err)
+	}
+	version := byte(2)
+	if mode&fuzzDispatchV1 != 0 {
+		version = 1
+	}
+	digests := mode&fuzzDispatchDigests != 0
+	bodies = splitBodies16(data)
+	// The remote dialled: its frames carry the outbound bit.
+	kind := int(mode&7) % fuzzSealRaw
+	var stream []byte
+	var frames int
+	stream, frames, intact = sealTampered(t, newFrameWriter(version, fuzzSessionKey, true, 0), bodies, kind, pos, xor)
+
+	c := r.newConnection(newFakeConn(nil), false, "", nil)
+	c.remoteName, c.remoteUID, c.remoteNick = peer, 99, "probe"
+	c.remoteSumm = peerSummary{Name: peer, NickName: "probe", UID: 99}
+	c.ourConnID, c.remoteConnID = 1, 2
+	c.version, c.encrypted, c.digests = version, true, digests
+	c.reader = newFrameReader(bufio.NewReader(bytes.NewReader(stream)), version, fuzzSessionKey, true, 0)
+	c.writer = newFrameWriter(version, fuzzSessionKey, false, 0)
+	if err := r.addConnection(c); err != nil {
+		t.Fatal(err)
+	}
+	err = c.readLoop()
+	tampered := kind == fuzzSealFlip || kind == fuzzSealDup || kind == fuzzSealSwap
+	if tampered && intact < frames && errors.Is(err, io.EOF) {
+		t.Fatalf("the read loop reached a clean end past tampered frame %d", intact)
+	}
+
+	ch := r.channel("vec")
+	ch.mu.Lock()
+	for _, it := range ch.items {
+		switch it.kind {
+		case inboxUnicast:
+			got = append(got, recordedCall{"unicast", it.src, string(it.msg)})
+		case inboxBroadcast:
+			got = append(got, recordedCall{"broadcast", it.src, string(it.msg)})
+		case inboxGossip:
+			got = append(got, recordedCall{"gossip", UnknownPeerName, string(it.msg)})
+		}
+	}
+	ch.mu.Unlock()
+	want = expectedCalls(r, bodies, intact, digests)
+	if n := r.Peers.Len(); n > maxPeers {
+		t.Fatalf("%d peers with a limit of %d", n, maxPeers)
+	}
+	c.q.mu.Lock()
+	queued, surrogate := len(c.q.buf), c.q.surrogateBytes
+	c.q.mu.Unlock()
+	if queued > queueBytes+4+len(data) || surrogate > maxSurrogatePending+len(data)+maxChannelNameLen+surrogateKeyOverhead {
+		t.Fatalf("send queue holds %d bytes and %d of relayed gossip", queued, surrogate)
+	}
+	r.removeConnection(c)
+	c.shutdown(err)
+	return got, want, bodies, intact
+}
+
+// TestDispatchVectorMessages checks FuzzDispatch's harness on what the
+// probe sent weave: three messages for "vec", unless tampered with.
+func TestDispatchVectorMessages(t *testing.T) {
+	var bodies [][]byte
+	for _, fr := range vectorFrames(t) {
+		if fr.sender == "probe" && fr.scenario == "v2-plain-probe-dials" {
+			bodies = append(bodies, fr.body)
+		}
+	}
+	data := joinBodies16(bodies...)
+	for _, mode := range []byte{fuzzSealNone, fuzzDispatchV1, fuzzDispatchDigests} {
+		got, want, _, _ := syncDispatch(t, mode, data, 0, 0)
+		require.Len(t, want, 3)
+		require.Equal(t, want, got)
+	}
+	// Replaying the first frame stops everything after it.
+	got, want, _, intact := syncDispatch(t, fuzzSealDup, data, 0, 0)
+	require.Equal(t, 1, intact)
+	require.Equal(t, want, got)
+	require.Len(t, got, 0, "the first frame is not a message for vec")
 }
 
 // TestSplitBodies16 checks the helpers of FuzzDispatch.

@@ -430,55 +430,13 @@ func FuzzSealedFrames(f *testing.F) {
 
 		var stream []byte
 		var bodies [][]byte
-		var ends []int // end of each sealed frame in stream
+		var frames int // frames sealed and sent
 		intact := 0    // frames that must come out
 		if kind == fuzzSealRaw {
 			stream = data
 		} else {
 			bodies = splitBodies(data)
-			w := newFrameWriter(version, key, senderOut, maxFrame)
-			var frames [][]byte
-			for _, b := range bodies {
-				fr, err := w.appendFrame(nil, b)
-				if err != nil {
-					t.Fatalf("sealing %d bytes: %v", len(b), err)
-				}
-				frames = append(frames, fr)
-			}
-			intact = len(frames)
-			if n := len(frames); n > 0 {
-				i := int(pos) % n
-				switch kind {
-				case fuzzSealDup:
-					frames = slices.Insert(frames, i+1, frames[i])
-					intact = i + 1
-				case fuzzSealSwap:
-					if i+1 < n && !bytes.Equal(frames[i], frames[i+1]) {
-						frames[i], frames[i+1] = frames[i+1], frames[i]
-						intact = i
-					}
-				case fuzzSealDrop:
-					frames = slices.Delete(frames, i, i+1)
-					intact = i
-				}
-			}
-			for _, fr := range frames {
-				stream = append(stream, fr...)
-				ends = append(ends, len(stream))
-			}
-			if len(stream) > 0 {
-				p := int(pos) % len(stream)
-				switch kind {
-				case fuzzSealFlip:
-					if xor != 0 {
-						stream[p] ^= xor
-						intact = min(intact, frameAt(ends, p))
-					}
-				case fuzzSealTruncate:
-					stream = stream[:p]
-					intact = min(intact, frameAt(ends, p))
-				}
-			}
+			stream, frames, intact = sealTampered(t, newFrameWriter(version, key, senderOut, maxFrame), bodies, kind, pos, xor)
 		}
 
 		var ms0, ms1 runtime.MemStats
@@ -515,7 +473,7 @@ func FuzzSealedFrames(f *testing.F) {
 		tampered := kind == fuzzSealFlip || kind == fuzzSealDup || kind == fuzzSealSwap
 		switch {
 		case errors.Is(err, io.EOF):
-			if tampered && intact < len(ends) {
+			if tampered && intact < frames {
 				t.Fatalf("clean end of a stream with frame %d tampered with", intact)
 			}
 		case errors.Is(err, ErrDecrypt), errors.Is(err, ErrFrameTooLarge), errors.Is(err, ErrMalformed),
@@ -529,6 +487,57 @@ func FuzzSealedFrames(f *testing.F) {
 			t.Fatalf("reading %d bytes allocated %d", len(stream), alloc)
 		}
 	})
+}
+
+// sealTampered seals bodies with w, tampers with the result as kind says
+// (pos picks the frame or byte, xor the bits flipped), and returns the
+// stream, the number of frames in it and how many leading frames are
+// intact (those a reader must accept; nothing after them may open).
+func sealTampered(tb testing.TB, w *frameWriter, bodies [][]byte, kind int, pos uint16, xor byte) (stream []byte, frames, intact int) {
+	var sealed [][]byte
+	for _, b := range bodies {
+		fr, err := w.appendFrame(nil, b)
+		if err != nil {
+			tb.Fatalf("sealing %d bytes: %v", len(b), err)
+		}
+		sealed = append(sealed, fr)
+	}
+	intact = len(sealed)
+	if n := len(sealed); n > 0 {
+		i := int(pos) % n
+		switch kind {
+		case fuzzSealDup:
+			sealed = slices.Insert(sealed, i+1, sealed[i])
+			intact = i + 1
+		case fuzzSealSwap:
+			if i+1 < n && !bytes.Equal(sealed[i], sealed[i+1]) {
+				sealed[i], sealed[i+1] = sealed[i+1], sealed[i]
+				intact = i
+			}
+		case fuzzSealDrop:
+			sealed = slices.Delete(sealed, i, i+1)
+			intact = i
+		}
+	}
+	var ends []int // end of each frame in stream
+	for _, fr := range sealed {
+		stream = append(stream, fr...)
+		ends = append(ends, len(stream))
+	}
+	if len(stream) > 0 {
+		p := int(pos) % len(stream)
+		switch kind {
+		case fuzzSealFlip:
+			if xor != 0 {
+				stream[p] ^= xor
+				intact = min(intact, frameAt(ends, p))
+			}
+		case fuzzSealTruncate:
+			stream = stream[:p]
+			intact = min(intact, frameAt(ends, p))
+		}
+	}
+	return stream, len(sealed), intact
 }
 
 // frameAt returns the index of the frame that byte p of the stream is in.
