@@ -75,6 +75,15 @@ const (
 	fuzzDispatchDigests = 1 << 4 // the remote says it understands digests
 )
 
+// dispatchTamperKind returns the tampering the low bits of mode ask for;
+// the dispatch targets always seal what they send (no fuzzSealRaw).
+func dispatchTamperKind(mode byte) int {
+	if kind := int(mode&7) % fuzzSealKinds; kind != fuzzSealRaw {
+		return kind
+	}
+	return fuzzSealNone
+}
+
 // splitBodies16 cuts data into frame bodies, each introduced by a
 // two-byte big-endian length.
 func splitBodies16(data []byte) [][]byte {
@@ -241,7 +250,7 @@ func (d *dispatchRouter) run(tb testing.TB, mode byte, data []byte, pos uint16, 
 	}()
 
 	bodies := splitBodies16(data)
-	stream, _, intact := sealTampered(tb, res.writer, bodies, int(mode&7)%fuzzSealRaw, pos, xor)
+	stream, _, intact := sealTampered(tb, res.writer, bodies, dispatchTamperKind(mode), pos, xor)
 	// The router may end the connection before it has read everything.
 	_, _ = conn.Write(stream)
 	conn.Close()
@@ -307,7 +316,7 @@ func addDispatchSeeds(f *testing.F) {
 		f.Fatal("no probe frames in the vectors")
 	}
 	all := joinBodies16(bodies...)
-	for kind := range byte(fuzzSealRaw) {
+	for kind := range byte(fuzzSealKinds) {
 		for _, extra := range []byte{0, fuzzDispatchV1, fuzzDispatchDigests} {
 			f.Add(kind|extra, all, uint16(3), byte(0x10))
 		}
@@ -362,7 +371,7 @@ func syncDispatch(t testing.TB, mode byte, data []byte, pos uint16, xor byte) (g
 	digests := mode&fuzzDispatchDigests != 0
 	bodies = splitBodies16(data)
 	// The remote dialled: its frames carry the outbound bit.
-	kind := int(mode&7) % fuzzSealRaw
+	kind := dispatchTamperKind(mode)
 	var stream []byte
 	var frames int
 	stream, frames, intact = sealTampered(t, newFrameWriter(version, fuzzSessionKey, true, 0), bodies, kind, pos, xor)

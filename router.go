@@ -214,6 +214,7 @@ func NewRouter(config Config, name PeerName, nickName string, overlay Overlay, l
 	r.Peers = newPeers(ourself, r.limits)
 	r.Routes = newRoutes(r.Peers.topo)
 	r.ConnectionMaker = newConnectionMaker(r)
+	r.warnWeakPassword()
 	return r, nil
 }
 

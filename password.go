@@ -1,0 +1,51 @@
+package mesh
+
+import (
+	"crypto/rand"
+	"encoding/base32"
+	"fmt"
+)
+
+// Passwords.
+//
+// The password is the only secret of a mesh: every peer that knows it is
+// trusted. Someone who records a single handshake of an encrypted
+// connection (or connects once, holding any password) can test password
+// guesses against it offline, as fast as they can compute a key exchange
+// and a hash, so the password must be long and random rather than
+// memorable. GeneratePassword makes one; NewRouter logs a warning for a
+// password shorter than minPasswordLen bytes.
+
+// minPasswordLen is the length below which NewRouter warns that the
+// password is weak. Sixteen random characters from a 32-letter alphabet
+// are 80 bits.
+const minPasswordLen = 16
+
+// generatedPasswordBytes is the randomness in a generated password.
+const generatedPasswordBytes = 32
+
+// passwordEncoding writes generated passwords: upper-case letters and the
+// digits 2 to 7, without padding, so that they need no quoting in shells,
+// environment variables or configuration files.
+var passwordEncoding = base32.StdEncoding.WithPadding(base32.NoPadding)
+
+// GeneratePassword returns a new password for a mesh: 256 bits from
+// crypto/rand, written as 52 characters from A-Z and 2-7. Give the same
+// password to every peer (Config.Password) through a secret store or an
+// environment variable, not on a command line.
+func GeneratePassword() (string, error) {
+	b := make([]byte, generatedPasswordBytes)
+	if _, err := rand.Read(b); err != nil {
+		return "", fmt.Errorf("mesh: generating a password: %w", err)
+	}
+	return passwordEncoding.EncodeToString(b), nil
+}
+
+// warnWeakPassword logs a warning when encryption is on with a password
+// shorter than minPasswordLen bytes.
+func (router *Router) warnWeakPassword() {
+	if pw := router.Password; pw != nil && len(pw) < minPasswordLen {
+		router.logOnce("password", fmt.Sprintf("the password is only %d bytes long: anyone who records one handshake can test guesses against it offline; use at least %d random bytes (GeneratePassword makes a strong one)",
+			len(pw), minPasswordLen))
+	}
+}
