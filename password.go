@@ -9,12 +9,12 @@ import (
 // Passwords.
 //
 // The password is the only secret of a mesh: every peer that knows it is
-// trusted. Someone who records a single handshake of an encrypted
-// connection (or connects once, holding any password) can test password
-// guesses against it offline, as fast as they can compute a key exchange
-// and a hash, so the password must be long and random rather than
-// memorable. GeneratePassword makes one; NewRouter logs a warning for a
-// password shorter than minPasswordLen bytes.
+// trusted. Anyone who can open a connection to a peer, or sit in the
+// middle of one, receives a frame sealed with a key derived from the
+// password and can test password guesses against it offline, at the cost
+// of one SHA-256 and one Poly1305 per guess, so the password must be long
+// and random rather than memorable. GeneratePassword makes one; NewRouter
+// logs a warning for a password shorter than minPasswordLen bytes.
 
 // minPasswordLen is the length below which NewRouter warns that the
 // password is weak. Sixteen random characters from a 32-letter alphabet
@@ -45,7 +45,7 @@ func GeneratePassword() (string, error) {
 // shorter than minPasswordLen bytes.
 func (router *Router) warnWeakPassword() {
 	if pw := router.Password; pw != nil && len(pw) < minPasswordLen {
-		router.logOnce("password", fmt.Sprintf("the password is only %d bytes long: anyone who records one handshake can test guesses against it offline; use at least %d random bytes (GeneratePassword makes a strong one)",
+		router.logOnce("password", fmt.Sprintf("the password is only %d bytes long: anyone who can connect to this router can test guesses against it offline; use at least %d random bytes (GeneratePassword makes a strong one)",
 			len(pw), minPasswordLen))
 	}
 }
