@@ -95,6 +95,7 @@ func TestConnectionFloodLegitimatePeerJoins(t *testing.T) {
 	if testing.Short() {
 		t.Skip("opens hundreds of connections")
 	}
+	requireLoopbackRange(t)
 	checkGoroutines(t)
 	limits := AcceptLimits{Rate: 200, Burst: 200, MaxPending: 64, MaxPendingPerIP: 8}
 	pw := []byte("a password long enough to be fine")

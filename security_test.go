@@ -139,10 +139,25 @@ func requireHealthy(t *testing.T, r *secRouter, cfg Config, i int) {
 // loopbackSeq numbers the source addresses of dialLoopback.
 var loopbackSeq atomic.Uint32
 
+// requireLoopbackRange skips the test unless connections can come from
+// any address of 127.0.0.0/8, as on Linux.
+func requireLoopbackRange(t *testing.T) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 3, 0, 1)}}
+	conn, err := d.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Skipf("connections from 127.3.0.1 are not possible here: %v", err)
+	}
+	conn.Close()
+}
+
 // dialLoopback connects to addr from a loopback address of its own
 // (127.1.x.y), so that what the router logs once a minute per address is
 // logged for each connection of a test. The connection is closed at
-// cleanup.
+// cleanup. Tests that use it call requireLoopbackRange first.
 func dialLoopback(t *testing.T, addr string) net.Conn {
 	t.Helper()
 	n := loopbackSeq.Add(1)
@@ -217,6 +232,7 @@ func gossipBody(tag byte, channel string, src, dst PeerName, payload []byte) []b
 // and after the handshake: the connection ends before the frame is read,
 // the log says why, and the router goes on.
 func TestRouterClosesOnOversizedFrames(t *testing.T) {
+	requireLoopbackRange(t)
 	checkGoroutines(t)
 	for _, pw := range [][]byte{nil, []byte("a long enough password, really")} {
 		for _, maxFrame := range []int{0, 4096} {
@@ -268,6 +284,7 @@ func TestRouterClosesOnOversizedFrames(t *testing.T) {
 // TestRouterClosesOnV1OversizedMessage sends a version 1 gob message whose
 // count is over the limit.
 func TestRouterClosesOnV1OversizedMessage(t *testing.T) {
+	requireLoopbackRange(t)
 	checkGoroutines(t)
 	r := startSecRouter(t, Config{MaxFrameSize: 4096}, 1)
 	p, err := dialRaw(t, r.addr(), 2, nil, func(c *handshakeConfig) { c.MaxVersion = 1 })
@@ -283,6 +300,7 @@ func TestRouterClosesOnV1OversizedMessage(t *testing.T) {
 // limits after a good handshake: each ends the connection with an error
 // naming the limit, nothing of it is merged, and the router goes on.
 func TestRouterClosesOnAbusiveMessages(t *testing.T) {
+	requireLoopbackRange(t)
 	checkGoroutines(t)
 	const maxPeers = 8
 	r := startSecRouter(t, Config{MaxPeers: maxPeers}, 1)
@@ -359,6 +377,7 @@ func TestRouterClosesOnAbusiveMessages(t *testing.T) {
 // TestRouterRefusesLongNickName refuses a handshake whose features carry a
 // nickname over the limit.
 func TestRouterRefusesLongNickName(t *testing.T) {
+	requireLoopbackRange(t)
 	checkGoroutines(t)
 	r := startSecRouter(t, Config{}, 1)
 	p, err := dialRaw(t, r.addr(), 2, nil, func(c *handshakeConfig) {
@@ -377,6 +396,7 @@ func TestRouterRefusesLongNickName(t *testing.T) {
 // nothing or trickle bytes: the handshake deadline ends them, their places
 // among the handshakes in progress are freed, and the router goes on.
 func TestHandshakeDeadlineEndsSilentAndSlowPeers(t *testing.T) {
+	requireLoopbackRange(t)
 	checkGoroutines(t)
 	r := startSecRouter(t, Config{HandshakeTimeout: 300 * time.Millisecond, Password: []byte("a long enough password, really")}, 1)
 	silent := dialLoopback(t, r.addr())
@@ -415,6 +435,7 @@ func TestHandshakeDeadlineEndsSilentAndSlowPeers(t *testing.T) {
 // neighbour that does not read: its send queue stays within its bound,
 // what does not fit is dropped, and the sender's connection is unaffected.
 func TestRelayedMessagesDroppedWhenQueueFull(t *testing.T) {
+	requireLoopbackRange(t)
 	checkGoroutines(t)
 	const queue = 64 << 10
 	r := startSecRouter(t, Config{SendQueueBytes: queue}, 1)
