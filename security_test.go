@@ -572,3 +572,22 @@ func TestSealedFramesReplayAndReorder(t *testing.T) {
 		require.ErrorIs(t, err, ErrDecrypt)
 	}
 }
+
+// TestV1WrongPasswordLogged connects in protocol version 1, whose features
+// travel in clear, with another password: the handshake completes and the
+// first sealed frame fails, which the router reports as a likely password
+// mismatch.
+func TestV1WrongPasswordLogged(t *testing.T) {
+	requireLoopbackRange(t)
+	checkGoroutines(t)
+	r := startSecRouter(t, Config{Password: []byte("the password of the mesh itself")}, 1)
+	p, err := dialRaw(t, r.addr(), 2, []byte("another password, not the mesh's"), func(c *handshakeConfig) { c.MaxVersion = 1 })
+	require.NoError(t, err)
+	require.Equal(t, byte(1), p.res.Version)
+	require.NoError(t, p.send(t, []byte{tagHeartbeat}))
+	waitClosed(t, p.conn)
+	waitFor(t, "the log line", func() bool {
+		return len(r.log.matching("frame 0", "failed authentication", "most likely have different passwords")) == 1
+	})
+	require.Empty(t, r.g.snapshot())
+}
