@@ -41,7 +41,10 @@ type LocalConnection struct {
 	version      byte
 	encrypted    bool
 	// digests is set when the remote understands topology digests.
-	digests     bool
+	digests bool
+	// announces is set when the remote understands topology
+	// announcements and pulls.
+	announces   bool
 	reader      *frameReader
 	writer      *frameWriter
 	overlayConn OverlayConnection
@@ -191,7 +194,7 @@ func (c *LocalConnection) handshake() error {
 	if port := r.listenPort(); port > 0 {
 		extra[featureListenPort] = strconv.Itoa(port)
 	}
-	extra[featureTopologyDigest] = "1"
+	extra[featureTopologyDigest] = strconv.Itoa(ourDigestLevel)
 	res, err := doHandshake(c.conn, c.br, &handshakeConfig{
 		Outbound:     c.outbound,
 		Password:     r.Password,
@@ -212,7 +215,10 @@ func (c *LocalConnection) handshake() error {
 	c.remoteConnID = remote.ConnID
 	c.remoteSumm = peerSummary{Name: remote.Name, NickName: remote.NickName, UID: remote.UID, ShortID: remote.ShortID, HasShortID: remote.HasShortID}
 	c.version, c.encrypted = res.Version, res.Encrypted
-	c.digests = res.Features[featureTopologyDigest] == "1"
+	if level, err := strconv.Atoi(res.Features[featureTopologyDigest]); err == nil {
+		c.digests = level >= 1
+		c.announces = level >= digestLevelAnnounce
+	}
 	c.reader, c.writer = res.reader, res.writer
 	if remote.Name == r.Ourself.Name {
 		if remote.UID == r.Ourself.UID {
@@ -394,13 +400,7 @@ func (c *LocalConnection) writeLoop() {
 		scratch = getBuffer()
 		var err error
 		if batch.digest {
-			for _, msg := range r.Peers.encodeDigest() {
-				m := gossipMessage{Tag: tagGossip, Channel: digestChannel, Src: r.Ourself.Name, Payload: msg}
-				scratch = appendGossipMessage(scratch[:0], &m)
-				if out, err = c.appendFrame(out, scratch); err != nil {
-					break
-				}
-			}
+			out, scratch, err = c.appendDigestFrames(out, scratch, digestChannel, r.Peers.encodeDigest())
 		}
 		if batch.topoFull || len(batch.topo) > 0 {
 			lastTopo = now
@@ -415,6 +415,13 @@ func (c *LocalConnection) writeLoop() {
 					break
 				}
 			}
+		}
+		if err == nil && len(batch.announce) > 0 {
+			lastTopo = now
+			out, scratch, err = c.appendDigestFrames(out, scratch, announceChannel, r.Peers.encodeAnnounce(batch.announce))
+		}
+		if err == nil && len(batch.pull) > 0 {
+			out, scratch, err = c.appendDigestFrames(out, scratch, pullChannel, digestMessages(batch.pull))
 		}
 		for buf := batch.buf; err == nil && len(buf) >= 4; {
 			n := binary.BigEndian.Uint32(buf)
@@ -452,6 +459,20 @@ func (c *LocalConnection) writeLoop() {
 			return
 		}
 	}
+}
+
+// appendDigestFrames adds one frame per message of digest records on
+// channel.
+func (c *LocalConnection) appendDigestFrames(out, scratch []byte, channel string, msgs [][]byte) ([]byte, []byte, error) {
+	var err error
+	for _, msg := range msgs {
+		m := gossipMessage{Tag: tagGossip, Channel: channel, Src: c.router.Ourself.Name, Payload: msg}
+		scratch = appendGossipMessage(scratch[:0], &m)
+		if out, err = c.appendFrame(out, scratch); err != nil {
+			break
+		}
+	}
+	return out, scratch, err
 }
 
 // write sends out with a deadline, so that a peer that stops reading is

@@ -300,14 +300,21 @@ func (cm *ConnectionMaker) launchDue(now time.Time) time.Time {
 		}
 		due = append(due, t)
 	}
-	// Program-given addresses first, then in address order, so the choice
-	// under the connection limit is deterministic.
+	// Program-given addresses first, then discovered ones in an order of
+	// our own (a hash of our name and the address): deterministic, but not
+	// the same for every peer, so that discovery makes a random graph
+	// rather than everyone dialling the same few peers.
 	slices.SortFunc(due, func(a, b *target) int {
 		if a.direct != b.direct {
 			if a.direct {
 				return -1
 			}
 			return 1
+		}
+		if !a.direct {
+			if c := cmp.Compare(cm.rank(a.addr), cm.rank(b.addr)); c != 0 {
+				return c
+			}
 		}
 		return cmp.Compare(a.addr, b.addr)
 	})
@@ -316,7 +323,7 @@ func (cm *ConnectionMaker) launchDue(now time.Time) time.Time {
 			break
 		}
 		if !t.direct {
-			if discovering >= maxDiscoveryDials {
+			if discovering >= maxDiscoveryDials || nconns+attempting >= cm.discoveryLimit() {
 				continue
 			}
 			discovering++
@@ -411,6 +418,23 @@ func (cm *ConnectionMaker) attemptEnded(t *target, started time.Time, err error)
 	t.tryAfter = time.Now().Add(cm.backoff(t.attempts))
 }
 
+// discoveryLimit is the number of connections up to which discovered
+// peers are dialled.
+func (cm *ConnectionMaker) discoveryLimit() int {
+	return min(cm.router.ConnLimit, cm.router.DiscoveryDegree)
+}
+
+// rank orders discovered addresses for this peer: an FNV-1a hash of the
+// address seeded with our name.
+func (cm *ConnectionMaker) rank(addr string) uint64 {
+	h := uint64(14695981039346656037) ^ uint64(cm.router.Ourself.Name)
+	for i := 0; i < len(addr); i++ {
+		h ^= uint64(addr[i])
+		h *= 1099511628211
+	}
+	return h
+}
+
 // backoff returns the delay before attempt number n+1: exponential from
 // initialRetryDelay up to maxRetryDelay, with ±25% jitter.
 func (cm *ConnectionMaker) backoff(n int) time.Duration {
@@ -437,7 +461,7 @@ func (cm *ConnectionMaker) topologyChanged() {
 		connectedNames[name] = true
 	}
 	r.mu.RUnlock()
-	if len(connectedNames) >= r.ConnLimit {
+	if len(connectedNames) >= cm.discoveryLimit() {
 		// Nothing would be dialled: spare the scan of the whole topology.
 		return
 	}

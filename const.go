@@ -43,6 +43,9 @@ const (
 	DefaultHandshakeTimeout = 10 * time.Second
 	// DefaultConnLimit is the default maximum number of connections.
 	DefaultConnLimit = 64
+	// DefaultDiscoveryDegree is how many connections peer discovery aims
+	// for by default.
+	DefaultDiscoveryDegree = 8
 
 	// maxNickNameLen, maxChannelNameLen and maxAddrLen bound strings read
 	// from the network.

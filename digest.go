@@ -107,6 +107,11 @@ func (peers *Peers) encodeDigest() [][]byte {
 	peers.mu.RLock()
 	entries := peers.topo.digest()
 	peers.mu.RUnlock()
+	return digestMessages(entries)
+}
+
+// digestMessages encodes digest records as one or more messages.
+func digestMessages(entries []digestEntry) [][]byte {
 	var out [][]byte
 	for len(entries) > 0 {
 		n := min(len(entries), maxDigestRecords)

@@ -36,8 +36,15 @@ type Config struct {
 	// 0 means ProtocolMinVersion.
 	ProtocolMinVersion byte
 	// PeerDiscovery makes the router connect to the peers it learns of
-	// through the topology.
+	// through the topology, until it has DiscoveryDegree connections.
 	PeerDiscovery bool
+	// DiscoveryDegree is how many connections discovery aims for: the
+	// router dials discovered peers while it has fewer (and never more
+	// than ConnLimit). A few random connections per peer keep every peer
+	// within a few hops of every other, at a fraction of the cost of a
+	// full mesh. 0 means DefaultDiscoveryDegree; set it to ConnLimit to
+	// connect to every discovered peer up to the limit, as weave mesh did.
+	DiscoveryDegree int
 	// TrustedSubnets lists the networks whose peers are told they are
 	// trusted (a feature used by overlays).
 	TrustedSubnets []*net.IPNet
@@ -140,6 +147,9 @@ type Router struct {
 	events       eventHub
 
 	recent      *recentSet
+	// pulls are the topology entries asked of neighbours; guarded by
+	// Peers.mu.
+	pulls pullsInFlight
 	rndMu       sync.Mutex
 	rnd         *mrand.Rand
 	topoChanged chan struct{}
@@ -197,6 +207,9 @@ func NewRouter(config Config, name PeerName, nickName string, overlay Overlay, l
 	if r.ConnLimit == 0 {
 		r.ConnLimit = DefaultConnLimit
 	}
+	if r.DiscoveryDegree == 0 {
+		r.DiscoveryDegree = DefaultDiscoveryDegree
+	}
 	if r.ProtocolMinVersion == 0 {
 		r.ProtocolMinVersion = ProtocolMinVersion
 	}
@@ -228,6 +241,8 @@ func validateConfig(c *Config, name PeerName, nickName string) error {
 		return fmt.Errorf("mesh: invalid port %d", c.Port)
 	case c.ConnLimit < 0:
 		return fmt.Errorf("mesh: invalid connection limit %d", c.ConnLimit)
+	case c.DiscoveryDegree < 0:
+		return fmt.Errorf("mesh: invalid discovery degree %d", c.DiscoveryDegree)
 	case c.ProtocolMinVersion != 0 && (c.ProtocolMinVersion < ProtocolMinVersion || c.ProtocolMinVersion > ProtocolMaxVersion):
 		return fmt.Errorf("mesh: protocol minimum version %d is outside [%d,%d]", c.ProtocolMinVersion, ProtocolMinVersion, ProtocolMaxVersion)
 	case c.GossipInterval != nil && *c.GossipInterval <= 0:
@@ -705,7 +720,9 @@ func (router *Router) topologyLoop() {
 		case <-router.stop:
 			return
 		case <-digestTicker.C:
-			if changedSinceDigest {
+			// An entry asked for and not received may be missing still:
+			// a digest exchange finds it.
+			if router.expirePulls() || changedSinceDigest {
 				changedSinceDigest = false
 				router.sendDigestToRandomNeighbour()
 			}
@@ -860,6 +877,10 @@ func (router *Router) handleGossip(c *LocalConnection, body []byte) error {
 			return router.handleTopology(c, m.Payload)
 		case m.Channel == digestChannel && c.digests:
 			return router.handleDigest(c, m.Payload)
+		case m.Channel == announceChannel && c.announces:
+			return router.handleAnnounce(c, m.Payload)
+		case m.Channel == pullChannel && c.announces:
+			return router.handlePull(c, m.Payload)
 		}
 		ch := router.channel(m.Channel)
 		if ch == nil {
@@ -894,24 +915,32 @@ func (router *Router) handleTopology(c *LocalConnection, payload []byte) error {
 	if len(res.changed) > 0 {
 		rc := router.Peers.topo.newRelayContext(c.remoteName, neighbours)
 		for _, x := range res.changed {
+			if p := router.Peers.topo.get(x); p != nil {
+				router.pulls.received(p)
+			}
 			for _, n := range rc.targets(x) {
 				relay[n] = append(relay[n], x)
 			}
 		}
 	}
 	router.Peers.mu.Unlock()
-	if res.ourVersionBumped {
-		for _, n := range neighbours {
-			relay[n] = append(relay[n], router.Ourself.Name)
+	for _, o := range conns {
+		names := relay[o.remoteName]
+		switch {
+		case len(names) == 0:
+		case o.announces:
+			o.q.pushAnnounce(names)
+		default:
+			o.q.pushTopology(names, false)
+		}
+		if res.ourVersionBumped {
+			// Our own entry goes whole: every neighbour needs it.
+			o.q.pushTopology([]PeerName{router.Ourself.Name}, false)
 		}
 	}
 	if len(res.stale) > 0 {
-		relay[c.remoteName] = append(relay[c.remoteName], res.stale...)
-	}
-	for _, o := range conns {
-		if names := relay[o.remoteName]; len(names) > 0 {
-			o.q.pushTopology(names, false)
-		}
+		// Entries that repair the sender go whole.
+		c.q.pushTopology(res.stale, false)
 	}
 	if len(res.changed) > 0 || res.ourVersionBumped || res.placeholders > 0 {
 		router.topologyChanged()

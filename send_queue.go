@@ -58,6 +58,10 @@ type sendQueue struct {
 	limit    int
 	topoFull bool
 	topo     map[PeerName]struct{}
+	// announce holds the peers whose entries are to be announced (see
+	// topology_pull.go), pull the records of entries to ask for.
+	announce map[PeerName]struct{}
+	pull     []digestEntry
 	digest   bool
 	gossip   map[gossipKey]GossipData
 	order    []gossipKey
@@ -131,6 +135,35 @@ func (q *sendQueue) pushTopology(names []PeerName, full bool) {
 	q.signal()
 }
 
+// pushAnnounce asks for the current versions of names to be announced.
+func (q *sendQueue) pushAnnounce(names []PeerName) {
+	q.mu.Lock()
+	if q.closed {
+		q.mu.Unlock()
+		return
+	}
+	if q.announce == nil {
+		q.announce = make(map[PeerName]struct{}, len(names))
+	}
+	for _, n := range names {
+		q.announce[n] = struct{}{}
+	}
+	q.mu.Unlock()
+	q.signal()
+}
+
+// pushPull queues a request for entries, given our records of them.
+func (q *sendQueue) pushPull(records []digestEntry) {
+	q.mu.Lock()
+	if q.closed || len(q.pull) >= maxDigestRecords {
+		q.mu.Unlock()
+		return
+	}
+	q.pull = append(q.pull, records...)
+	q.mu.Unlock()
+	q.signal()
+}
+
 // pushTopologySync starts an exchange of topologies: our digest when the
 // remote understands digests, else the full topology.
 func (q *sendQueue) pushTopologySync(digests bool) {
@@ -186,6 +219,8 @@ type sendBatch struct {
 	count    int
 	topoFull bool
 	topo     []PeerName
+	announce []PeerName
+	pull     []digestEntry
 	digest   bool
 	gossip   []GossipData
 	keys     []gossipKey
@@ -200,6 +235,7 @@ func (q *sendQueue) take(b *sendBatch, withTopology bool) (hasTopology bool) {
 	b.count, q.count = q.count, 0
 	b.topoFull = false
 	b.topo = b.topo[:0]
+	b.announce = b.announce[:0]
 	if withTopology {
 		b.topoFull = q.topoFull
 		for n := range q.topo {
@@ -207,8 +243,13 @@ func (q *sendQueue) take(b *sendBatch, withTopology bool) (hasTopology bool) {
 		}
 		q.topoFull = false
 		clear(q.topo)
+		for n := range q.announce {
+			b.announce = append(b.announce, n)
+		}
+		clear(q.announce)
 	}
-	hasTopology = q.topoFull || len(q.topo) > 0
+	hasTopology = q.topoFull || len(q.topo) > 0 || len(q.announce) > 0
+	b.pull, q.pull = q.pull, b.pull[:0]
 	b.digest, q.digest = q.digest, false
 	b.keys = b.keys[:0]
 	b.gossip = b.gossip[:0]

@@ -1,0 +1,86 @@
+package mesh
+
+import (
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+func rec(i int, uid PeerUID, version uint64) digestEntry {
+	return digestEntry{Name: testPeerName(i), UID: uid, Version: version}
+}
+
+func TestWantedKeepsOnlyNewerEntries(t *testing.T) {
+	tp := newTestTopology(0)
+	tp.apply([]peerUpdate{update(1, 11, 3, conn(2, true))}) // 2 is a placeholder
+	got := tp.wanted([]digestEntry{
+		rec(0, 1000, 99), // ourselves: never pulled
+		rec(1, 11, 3),    // same as ours
+		rec(1, 10, 4),    // newer version, whatever the UID
+		rec(2, 22, 1),    // we only have a placeholder
+		rec(3, 33, 1),    // unknown
+		rec(4, 0, 5),     // a placeholder record is no entry
+	})
+	require.Equal(t, []pullCandidate{
+		{announced: rec(1, 10, 4), have: rec(1, 11, 3)},
+		{announced: rec(2, 22, 1), have: digestEntry{Name: testPeerName(2)}},
+		{announced: rec(3, 33, 1), have: digestEntry{Name: testPeerName(3)}},
+	}, got)
+
+	t.Run("same version higher UID", func(t *testing.T) {
+		require.Len(t, tp.wanted([]digestEntry{rec(1, 12, 3)}), 1)
+		require.Empty(t, tp.wanted([]digestEntry{rec(1, 10, 3)}))
+	})
+	t.Run("stale copy of a removed peer", func(t *testing.T) {
+		tp.addTombstone(&Peer{Name: testPeerName(5), UID: 55, Version: 7})
+		require.Empty(t, tp.wanted([]digestEntry{rec(5, 55, 7)}))
+		require.Len(t, tp.wanted([]digestEntry{rec(5, 55, 8)}), 1, "a later version is news")
+		require.Len(t, tp.wanted([]digestEntry{rec(5, 56, 1)}), 1, "a new incarnation is news")
+	})
+}
+
+func TestPullsClaimedOnceUntilTimeout(t *testing.T) {
+	tp := newTestTopology(0)
+	var p pullsInFlight
+	const timeout = 100
+	announced := []digestEntry{rec(1, 11, 3), rec(2, 22, 1)}
+	first := p.claim(tp.wanted(announced), 0, timeout)
+	require.Equal(t, []digestEntry{{Name: testPeerName(1)}, {Name: testPeerName(2)}}, first)
+
+	// Another neighbour announces the same versions: nothing to ask.
+	require.Empty(t, p.claim(tp.wanted(announced), 10, timeout))
+	// A later version is asked for at once.
+	require.Equal(t, []digestEntry{{Name: testPeerName(1)}}, p.claim(tp.wanted([]digestEntry{rec(1, 11, 4)}), 20, timeout))
+
+	// Peer 2's entry arrives: a later announcement of it is asked for.
+	tp.apply([]peerUpdate{update(2, 22, 1)})
+	p.received(tp.get(testPeerName(2)))
+	require.Equal(t, []digestEntry{rec(2, 22, 1)}, p.claim(tp.wanted([]digestEntry{rec(2, 22, 2)}), 30, timeout))
+
+	// Unanswered requests expire and may go to another neighbour.
+	require.Equal(t, 1, p.expire(125, timeout), "the request for peer 1 made at 20")
+	require.Equal(t, []digestEntry{{Name: testPeerName(1)}}, p.claim(tp.wanted([]digestEntry{rec(1, 11, 4)}), 126, timeout))
+}
+
+func TestPullsBounded(t *testing.T) {
+	var p pullsInFlight
+	cands := make([]pullCandidate, maxPullsInFlight+10)
+	for i := range cands {
+		cands[i] = pullCandidate{announced: rec(i+1, 1, 1), have: digestEntry{Name: testPeerName(i + 1)}}
+	}
+	require.Len(t, p.claim(cands, 0, 100), len(cands))
+	require.LessOrEqual(t, len(p.m), maxPullsInFlight)
+}
+
+func TestAnswerPull(t *testing.T) {
+	tp := newTestTopology(0)
+	tp.apply([]peerUpdate{update(1, 11, 3, conn(2, true)), update(3, 33, 5)})
+	got := tp.answerPull([]digestEntry{
+		{Name: testPeerName(1)}, // the requester has nothing
+		rec(3, 33, 5),           // the requester is up to date
+		rec(2, 0, 0),            // we only have a placeholder
+		rec(9, 0, 0),            // unknown here
+		rec(0, 999, 0),          // ourselves, an older incarnation there
+	})
+	require.Equal(t, []PeerName{testPeerName(1), testPeerName(0)}, got)
+}
