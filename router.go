@@ -146,10 +146,10 @@ type Router struct {
 	metrics      routerMetrics
 	events       eventHub
 
-	recent      *recentSet
+	recent *recentSet
 	// pulls are the topology entries asked of neighbours; guarded by
 	// Peers.mu.
-	pulls pullsInFlight
+	pulls       pullsInFlight
 	rndMu       sync.Mutex
 	rnd         *mrand.Rand
 	topoChanged chan struct{}
