@@ -155,9 +155,10 @@ type pipe struct {
 	latency time.Duration
 	jitter  time.Duration
 	lastAt  time.Time // when the last chunk is due, so bytes stay in order
-	// notify is closed and replaced at every change, to wake the reader
-	// and the writers waiting on the pipe.
-	notify chan struct{}
+	// notify is closed and replaced at every change while waiters > 0, to
+	// wake the reader and the writers waiting on the pipe.
+	notify  chan struct{}
+	waiters int
 }
 
 // chunk is the bytes of one write, readable from at; or, with eof, the
@@ -169,8 +170,25 @@ type chunk struct {
 }
 
 func (p *pipe) signalLocked() {
-	close(p.notify)
-	p.notify = make(chan struct{})
+	if p.waiters > 0 {
+		close(p.notify)
+		p.notify = make(chan struct{})
+	}
+}
+
+// waitLocked releases p.mu until the pipe changes or one of the other
+// channels is ready, then takes it again.
+func (p *pipe) waitLocked(a <-chan struct{}, b <-chan time.Time) {
+	ch := p.notify
+	p.waiters++
+	p.mu.Unlock()
+	select {
+	case <-ch:
+	case <-a:
+	case <-b:
+	}
+	p.mu.Lock()
+	p.waiters--
 }
 
 // deliverable reports whether c has arrived at the reader by now.
@@ -233,7 +251,6 @@ func (p *pipe) read(b []byte, dl *deadline) (int, error) {
 				}
 			}
 		}
-		ch := p.notify
 		var expired <-chan struct{}
 		if !p.stalled {
 			expired = dl.wait()
@@ -247,13 +264,7 @@ func (p *pipe) read(b []byte, dl *deadline) (int, error) {
 			}
 			due = timer.C
 		}
-		p.mu.Unlock()
-		select {
-		case <-ch:
-		case <-expired:
-		case <-due:
-		}
-		p.mu.Lock()
+		p.waitLocked(expired, due)
 	}
 }
 
@@ -287,14 +298,7 @@ func (p *pipe) write(b []byte, dl *deadline) (int, error) {
 			p.signalLocked()
 			continue
 		}
-		ch := p.notify
-		expired := dl.wait()
-		p.mu.Unlock()
-		select {
-		case <-ch:
-		case <-expired:
-		}
-		p.mu.Lock()
+		p.waitLocked(dl.wait(), nil)
 	}
 }
 

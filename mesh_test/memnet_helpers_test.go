@@ -53,9 +53,21 @@ func memHost(i int) string { return fmt.Sprintf("10.0.%d.%d", (i+1)>>8, (i+1)&0x
 func memAddr(i int) string { return memHost(i) + ":" + strconv.Itoa(mesh.Port) }
 
 // startMemNode starts peer i on its host of nw, listening on the default
-// port, with a recording gossiper on channel "test". A peer started again
-// with the same index has the same name and address and a new UID.
+// port, with a recording gossiper on channel "test", and stops it when the
+// test ends. A peer started again with the same index has the same name
+// and address and a new UID.
 func startMemNode(t testing.TB, nw *memnet.Network, i int, o memOptions) *node {
+	t.Helper()
+	n := newMemNode(t, nw, i, o)
+	t.Cleanup(func() {
+		stallAll(nw)
+		n.router.Stop()
+	})
+	return n
+}
+
+// newMemNode is startMemNode without the cleanup: the caller stops it.
+func newMemNode(t testing.TB, nw *memnet.Network, i int, o memOptions) *node {
 	t.Helper()
 	config := mesh.Config{
 		Host:              memHost(i),
@@ -80,15 +92,15 @@ func startMemNode(t testing.TB, nw *memnet.Network, i int, o memOptions) *node {
 	require.NoError(t, err)
 	require.NoError(t, r.Start())
 	require.Equal(t, memAddr(i), r.ListenAddr().String())
-	t.Cleanup(func() {
-		// The first cleanup to run stalls every host, so that no
-		// handshake can complete while the routers stop (see stopMemNode).
-		for _, h := range nw.Hosts() {
-			nw.Stall(h)
-		}
-		r.Stop()
-	})
 	return &node{t: t, index: i, router: r, gossip: g, rec: rec}
+}
+
+// stallAll stalls every host, so that no handshake completes while the
+// routers stop at the end of a test (see stopMemNode).
+func stallAll(nw *memnet.Network) {
+	for _, h := range nw.Hosts() {
+		nw.Stall(h)
+	}
 }
 
 // stopMemNode stops a router while its host is stalled, so that none of

@@ -1,0 +1,106 @@
+package mesh_test
+
+import (
+	"fmt"
+	"runtime"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// Peers of a 30-peer mesh stop and restart (same name and address, new UID,
+// new Router) round after round. After each round every running peer has
+// the same topology: every running peer with its current UID, no stopped
+// peer, no earlier incarnation. Goroutines and heap do not grow from round
+// to round. MESH_LONG=1 runs 30 rounds instead of 3.
+func TestChurn(t *testing.T) {
+	checkNoGoroutineLeak(t)
+	base := runtime.NumGoroutine()
+	const size = 30
+	rounds := 3
+	if longTests() {
+		rounds = 30
+	}
+	nw, rnd := newMemNetwork(t)
+	o := memOptions{
+		discovery:        true,
+		connLimit:        6,
+		heartbeat:        500 * time.Millisecond,
+		handshakeTimeout: 2 * time.Second,
+		quiet:            longTests(),
+	}
+	seeds := []int{0, 1, 2}
+	nodes := make([]*node, size)
+	t.Cleanup(func() {
+		stallAll(nw)
+		for _, n := range nodes {
+			if n != nil {
+				n.router.Stop()
+			}
+		}
+	})
+	// join starts peer i and points it at the seeds and one more peer.
+	join := func(i int) {
+		nodes[i] = newMemNode(t, nw, i, o)
+		targets := []int{rnd.IntN(size)}
+		for _, s := range seeds {
+			if s != i {
+				targets = append(targets, s)
+			}
+		}
+		nodes[i].connectToIndexes(targets...)
+	}
+	for i := range nodes {
+		join(i)
+	}
+	took := eventually(t, "the mesh settles", func() (bool, string) { return settled(nodes) })
+	t.Logf("%d peers settled in %v", size, took)
+
+	// excess is how many goroutines run beyond those of the test itself
+	// and those the routers account for; polled, as connections come
+	// and go.
+	excess := func() int {
+		var least int
+		eventually(t, "no goroutine unaccounted for", func() (bool, string) {
+			least = runtime.NumGoroutine() - base - routerGoroutines(nodes, 1)
+			return least <= 0, fmt.Sprintf("%d goroutines unaccounted for", least)
+		})
+		return least
+	}
+	var heapAfterFirst uint64
+	for round := 1; round <= rounds; round++ {
+		victims := rnd.Perm(size)[:1+rnd.IntN(4)]
+		slices.Sort(victims)
+		for _, i := range victims {
+			stopMemNode(nw, nodes[i])
+		}
+		if round%2 == 1 {
+			// The survivors forget the stopped peers before they restart.
+			var survivors []*node
+			for i, n := range nodes {
+				if !slices.Contains(victims, i) {
+					survivors = append(survivors, n)
+				}
+			}
+			took := eventually(t, "the survivors forget the stopped peers", func() (bool, string) { return settled(survivors) })
+			t.Logf("round %d: peers %v stopped; the others forgot them in %v", round, victims, took)
+		} else {
+			t.Logf("round %d: peers %v stopped and restarted at once", round, victims)
+		}
+		for _, i := range victims {
+			join(i)
+		}
+		took := eventually(t, "the mesh settles after the restarts", func() (bool, string) { return settled(nodes) })
+		t.Logf("round %d: settled %v after the restarts", round, took)
+		if round == 1 {
+			t.Logf("goroutines: %d, %d of them unaccounted for", runtime.NumGoroutine(), excess())
+			heapAfterFirst = heapInUse()
+		}
+	}
+	t.Logf("goroutines: %d, %d of them unaccounted for", runtime.NumGoroutine(), excess())
+	heap := heapInUse()
+	t.Logf("heap in use: %d KiB after the first round, %d KiB after round %d", heapAfterFirst>>10, heap>>10, rounds)
+	require.Less(t, heap, 2*heapAfterFirst+16<<20, "the heap grew with the rounds")
+}
