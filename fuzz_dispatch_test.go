@@ -11,6 +11,7 @@ import (
 	"net"
 	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -74,6 +75,27 @@ const (
 	fuzzDispatchV1      = 1 << 3 // protocol version 1
 	fuzzDispatchDigests = 1 << 4 // the remote says it understands digests
 )
+
+// meshGoroutines returns the stacks of the goroutines, other than the
+// caller, that run code of this package.
+func meshGoroutines() []string {
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			buf = buf[:n]
+			break
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+	var out []string
+	for i, g := range strings.Split(string(buf), "\n\n") {
+		if i > 0 && strings.Contains(g, "gossip-mesh/mesh.") {
+			out = append(out, g)
+		}
+	}
+	return out
+}
 
 // dispatchTamperKind returns the tampering the low bits of mode ask for;
 // the dispatch targets always seal what they send (no fuzzSealRaw).
@@ -275,16 +297,21 @@ func (d *dispatchRouter) run(tb testing.TB, mode byte, data []byte, pos uint16, 
 // one runs the same corpus through everything a connection goes through.
 func FuzzDispatchLive(f *testing.F) {
 	addDispatchSeeds(f)
-	before := runtime.NumGoroutine()
+	// The fuzzing engine starts goroutines of its own: count only those
+	// running this package's code.
+	before := len(meshGoroutines())
 	d := newDispatchRouter(f)
 	f.Cleanup(func() {
 		d.r.Stop()
 		deadline := time.Now().Add(10 * time.Second)
-		for runtime.NumGoroutine() > before {
+		for {
+			left := meshGoroutines()
+			if len(left) <= before {
+				return
+			}
 			if time.Now().After(deadline) {
-				buf := make([]byte, 1<<20)
-				n := runtime.Stack(buf, true)
-				f.Errorf("%d goroutines after Stop, %d before the router started:\n%s", runtime.NumGoroutine(), before, buf[:n])
+				f.Errorf("%d goroutines running this package before the router started, %d after Stop:\n%s",
+					before, len(left), strings.Join(left, "\n\n"))
 				return
 			}
 			time.Sleep(10 * time.Millisecond)
