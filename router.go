@@ -91,6 +91,9 @@ const (
 	defaultTopologyInterval = 5 * time.Millisecond
 	// routeDelay is how long route recomputation waits for more changes.
 	routeDelay = 5 * time.Millisecond
+	// routeMinGap is the least time between two recomputations while
+	// changes keep coming.
+	routeMinGap = 50 * time.Millisecond
 	// readBufferSize is the read buffer of each connection: small, as
 	// every connection has one for its whole life; larger frames are read
 	// past it.
@@ -709,7 +712,10 @@ func (router *Router) topologyLoop() {
 	defer routeTimer.Stop()
 	defer gcTimer.Stop()
 	routeArmed, gcArmed := false, false
-	routeSpacing := routeDelay
+	// The pass runs routeDelay after a change, but no sooner than minGap
+	// after the previous pass.
+	var lastPass time.Time
+	minGap := routeMinGap
 	// While the topology changes, a digest goes to a random neighbour
 	// every digestInterval, to repair entries the relaying missed.
 	digestTicker := time.NewTicker(digestInterval)
@@ -730,7 +736,11 @@ func (router *Router) topologyLoop() {
 		case <-router.topoChanged:
 			changedSinceDigest = true
 			if !routeArmed {
-				routeTimer.Reset(routeSpacing)
+				delay := routeDelay
+				if wait := minGap - time.Since(lastPass); wait > delay {
+					delay = wait
+				}
+				routeTimer.Reset(delay)
 				routeArmed = true
 			}
 			continue
@@ -765,7 +775,8 @@ func (router *Router) topologyLoop() {
 		// While changes keep coming, run this pass no more often than ten
 		// times what it costs, so that a large mesh in turmoil spends at
 		// most a tenth of a core on it.
-		routeSpacing = max(routeDelay, 10*time.Since(began))
+		lastPass = time.Now()
+		minGap = max(routeMinGap, 10*lastPass.Sub(began))
 	}
 }
 
