@@ -312,7 +312,9 @@ type recentSet struct {
 const recentSetSize = 4096
 
 func newRecentSet() *recentSet {
-	return &recentSet{seed: maphash.MakeSeed(), set: make(map[uint64]struct{}, recentSetSize), ring: make([]uint64, 0, recentSetSize)}
+	// The set and ring grow as surrogate gossip arrives: most routers never
+	// relay any.
+	return &recentSet{seed: maphash.MakeSeed(), set: make(map[uint64]struct{})}
 }
 
 // firstTime records the message and reports whether it was not seen recently.

@@ -96,8 +96,8 @@ const (
 	routeMinGap = 50 * time.Millisecond
 	// readBufferSize is the read buffer of each connection: small, as
 	// every connection has one for its whole life; larger frames are read
-	// past it.
-	readBufferSize = 16 << 10
+	// past it, into buffers shared through a pool.
+	readBufferSize = 4 << 10
 	// digestInterval is how often, while the topology changes, a router
 	// exchanges digests with a random neighbour.
 	digestInterval = time.Second
