@@ -91,9 +91,10 @@ const (
 	defaultTopologyInterval = 5 * time.Millisecond
 	// routeDelay is how long route recomputation waits for more changes.
 	routeDelay = 5 * time.Millisecond
-	// routeMinGap is the least time between two recomputations while
-	// changes keep coming.
-	routeMinGap = 50 * time.Millisecond
+	// routeGapPerPeer is, per known peer, the least time between two
+	// recomputations while changes keep coming: large meshes, where
+	// changes never stop while they form, recompute less often.
+	routeGapPerPeer = 100 * time.Microsecond
 	// readBufferSize is the read buffer of each connection: small, as
 	// every connection has one for its whole life; larger frames are read
 	// past it, into buffers shared through a pool.
@@ -715,7 +716,7 @@ func (router *Router) topologyLoop() {
 	// The pass runs routeDelay after a change, but no sooner than minGap
 	// after the previous pass.
 	var lastPass time.Time
-	minGap := routeMinGap
+	minGap := routeDelay
 	// While the topology changes, a digest goes to a random neighbour
 	// every digestInterval, to repair entries the relaying missed.
 	digestTicker := time.NewTicker(digestInterval)
@@ -776,7 +777,7 @@ func (router *Router) topologyLoop() {
 		// times what it costs, so that a large mesh in turmoil spends at
 		// most a tenth of a core on it.
 		lastPass = time.Now()
-		minGap = max(routeMinGap, 10*lastPass.Sub(began))
+		minGap = max(routeDelay, 10*lastPass.Sub(began), time.Duration(router.Peers.Len())*routeGapPerPeer)
 	}
 }
 
@@ -1000,6 +1001,15 @@ func (router *Router) forwardUnicast(m *gossipMessage, body []byte) {
 // to: our children in src's tree over every reported connection, as weave
 // does, so a new connection carries broadcasts as soon as we know of it.
 func (router *Router) broadcastHops(src PeerName) []*LocalConnection {
+	// Routes lag the topology while it changes (the topology loop
+	// recomputes them at most so often). A broadcast is relayed
+	// along the tree of our current view, so that peers whose views agree
+	// agree on the tree, and each gets the broadcast once.
+	router.Peers.mu.RLock()
+	if router.Routes.stale(router.Peers.topo) {
+		router.Routes.update(router.Peers.topo)
+	}
+	router.Peers.mu.RUnlock()
 	hops := router.Routes.BroadcastAll(src)
 	out := make([]*LocalConnection, 0, len(hops))
 	for _, name := range hops {

@@ -12,6 +12,8 @@ import (
 // computation: peers are numbered in name order and each adjacency list is
 // sorted, so every traversal, and so every tie-break, is deterministic.
 type graph struct {
+	// gen is the generation of the topology the graph was built from.
+	gen   uint64
 	names []PeerName
 	index map[PeerName]int32
 	us    int32
@@ -26,6 +28,7 @@ type graph struct {
 func buildGraph(t *topology) *graph {
 	n := t.len()
 	g := &graph{
+		gen:   t.gen,
 		names: make([]PeerName, 0, n),
 		index: make(map[PeerName]int32, n),
 		sym:   make([][]int32, n),
@@ -223,22 +226,53 @@ func (rt *routeTable) sameUnicast(other *routeTable) bool {
 type Routes struct {
 	table atomic.Pointer[routeTable]
 
+	// calcMu serializes recomputations; reported is the table the last
+	// change report (recalculate) compared against.
+	calcMu   sync.Mutex
+	reported *routeTable
+
 	mu       sync.Mutex
 	onChange []func()
 }
 
 func newRoutes(t *topology) *Routes {
 	r := &Routes{}
-	r.table.Store(newRouteTable(buildGraph(t)))
+	rt := newRouteTable(buildGraph(t))
+	r.table.Store(rt)
+	r.reported = rt
 	return r
 }
 
-// recalculate recomputes the routes from t and reports whether unicast
-// routes changed. The caller must keep t from changing meanwhile.
+// update makes the routes current with t, recomputing them only if t
+// changed since they were computed, and returns them. The caller must keep
+// t from changing meanwhile.
+func (r *Routes) update(t *topology) *routeTable {
+	r.calcMu.Lock()
+	defer r.calcMu.Unlock()
+	rt := r.table.Load()
+	if rt.g.gen != t.gen {
+		rt = newRouteTable(buildGraph(t))
+		r.table.Store(rt)
+	}
+	return rt
+}
+
+// stale reports whether the routes were computed from an older t. The
+// caller must keep t from changing meanwhile.
+func (r *Routes) stale(t *topology) bool {
+	return r.table.Load().g.gen != t.gen
+}
+
+// recalculate makes the routes current with t and reports whether unicast
+// routes changed since the last call. The caller must keep t from changing
+// meanwhile.
 func (r *Routes) recalculate(t *topology) bool {
-	rt := newRouteTable(buildGraph(t))
-	old := r.table.Swap(rt)
-	return !rt.sameUnicast(old)
+	rt := r.update(t)
+	r.calcMu.Lock()
+	defer r.calcMu.Unlock()
+	changed := !rt.sameUnicast(r.reported)
+	r.reported = rt
+	return changed
 }
 
 // OnChange registers a callback run after the routes change. Callbacks run

@@ -240,3 +240,25 @@ func TestStaleEntriesReported(t *testing.T) {
 	require.Equal(t, []PeerName{testPeerName(1), testPeerName(1), testPeerName(0)}, res.stale)
 	require.Empty(t, res.changed)
 }
+
+// Routes brought up to date outside the topology loop (for a broadcast)
+// still report the change to the loop's next recalculation, once.
+func TestRoutesUpdatedOnDemandStillReportChange(t *testing.T) {
+	tp := newTestTopology(0)
+	r := newRoutes(tp)
+	require.False(t, r.stale(tp))
+	tp.setOurConnections([]connectionSummary{conn(1, true)})
+	tp.apply([]peerUpdate{update(1, 11, 1, conn(0, true))})
+	require.True(t, r.stale(tp))
+	_, ok := r.Unicast(testPeerName(1))
+	require.False(t, ok, "the table still predates the connection")
+
+	r.update(tp)
+	require.False(t, r.stale(tp))
+	hop, ok := r.Unicast(testPeerName(1))
+	require.True(t, ok)
+	require.Equal(t, testPeerName(1), hop)
+
+	require.True(t, r.recalculate(tp), "the change is reported although the table was already current")
+	require.False(t, r.recalculate(tp), "and only once")
+}

@@ -20,6 +20,9 @@ type topology struct {
 	// finds them without allocating a search key.
 	peers  *btree.BTreeG[*Peer]
 	byName map[PeerName]*Peer
+	// gen counts the changes of entries, so that a route table can tell
+	// whether it was computed from the current topology.
+	gen uint64
 	limits topologyLimits
 
 	// unreachableSince records when (in the caller's clock, nanoseconds) a
@@ -73,12 +76,14 @@ func newTopology(ourself *Peer, limits topologyLimits) *topology {
 func (t *topology) put(p *Peer) {
 	t.peers.ReplaceOrInsert(p)
 	t.byName[p.Name] = p
+	t.gen++
 }
 
 // remove deletes a peer's entry.
 func (t *topology) remove(p *Peer) {
 	t.peers.Delete(p)
 	delete(t.byName, p.Name)
+	t.gen++
 }
 
 // get returns the peer with the given name, or nil.
