@@ -22,7 +22,7 @@ type topology struct {
 	byName map[PeerName]*Peer
 	// gen counts the changes of entries, so that a route table can tell
 	// whether it was computed from the current topology.
-	gen uint64
+	gen    uint64
 	limits topologyLimits
 
 	// unreachableSince records when (in the caller's clock, nanoseconds) a
