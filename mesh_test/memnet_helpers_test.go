@@ -214,17 +214,19 @@ func routesEverywhere(nodes []*node) (bool, string) {
 }
 
 // routerGoroutines counts the goroutines the given routers should be
-// running when nothing is under way: the accept loop, the topology loop,
-// the connection maker and one per gossip channel each, plus a reader per
-// connection and a writer per registered connection.
+// running: the accept loop, the topology loop, the connection maker and
+// one per gossip channel each; a reader per connection, and a writer too
+// once it is registered; and a dialler per dial under way.
 func routerGoroutines(nodes []*node, channels int) int {
 	total := 0
 	for _, n := range nodes {
 		total += 3 + channels
 		for _, c := range mesh.NewStatus(n.router).Connections {
-			total++
-			if c.State != "pending" {
+			switch c.State {
+			case "pending", "connecting":
 				total++
+			case "connected", "established":
+				total += 2
 			}
 		}
 	}
