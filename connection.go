@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -44,7 +45,12 @@ type LocalConnection struct {
 	digests bool
 	// announces is set when the remote understands topology
 	// announcements and pulls.
-	announces   bool
+	announces bool
+	// deltas is set when the remote understands deltas of our entry;
+	// lastOwn is the version of our entry last sent on this connection
+	// (only the writer uses it).
+	deltas      bool
+	lastOwn     *Peer
 	reader      *frameReader
 	writer      *frameWriter
 	overlayConn OverlayConnection
@@ -218,6 +224,7 @@ func (c *LocalConnection) handshake() error {
 	if level, err := strconv.Atoi(res.Features[featureTopologyDigest]); err == nil {
 		c.digests = level >= 1
 		c.announces = level >= digestLevelAnnounce
+		c.deltas = level >= digestLevelDelta
 	}
 	c.reader, c.writer = res.reader, res.writer
 	if remote.Name == r.Ourself.Name {
@@ -402,13 +409,38 @@ func (c *LocalConnection) writeLoop() {
 		if batch.digest {
 			out, scratch, err = c.appendDigestFrames(out, scratch, digestChannel, r.Peers.encodeDigest())
 		}
-		if batch.topoFull || len(batch.topo) > 0 {
+		if batch.topoFull || len(batch.topo) > 0 || batch.ownChanged {
 			lastTopo = now
 			var names []PeerName
 			if !batch.topoFull {
 				names = batch.topo
 			}
-			for _, msg := range r.Peers.encodeTopology(names) {
+			// Our own entry goes whole when asked for (in names, or the
+			// full topology), else as a delta from the version this
+			// connection last carried, if the remote takes deltas.
+			wholeOwn := batch.topoFull || slices.Contains(names, r.Ourself.Name)
+			var own *Peer
+			if wholeOwn || batch.ownChanged {
+				own = r.Peers.Fetch(r.Ourself.Name)
+			}
+			if base := c.lastOwn; !wholeOwn && own != nil {
+				if c.deltas && base != nil && base.UID == own.UID && base.Version < own.Version {
+					d := diffEntries(base, own)
+					scratch = appendDelta(scratch[:0], &d)
+					m := gossipMessage{Tag: tagGossip, Channel: deltaChannel, Src: r.Ourself.Name, Payload: scratch}
+					out, err = c.appendFrame(out, appendGossipMessage(nil, &m))
+				} else if base == nil || base.UID != own.UID || base.Version < own.Version {
+					names = append(names, r.Ourself.Name)
+				}
+			}
+			if own != nil {
+				c.lastOwn = own
+			}
+			var msgs [][]byte
+			if err == nil && (batch.topoFull || len(names) > 0) {
+				msgs = r.Peers.encodeTopology(names)
+			}
+			for _, msg := range msgs {
 				m := gossipMessage{Tag: tagGossip, Channel: topologyChannel, Src: r.Ourself.Name, Payload: msg}
 				scratch = appendGossipMessage(scratch[:0], &m)
 				if out, err = c.appendFrame(out, scratch); err != nil {

@@ -560,12 +560,11 @@ func (router *Router) addConnection(c *LocalConnection) error {
 	for _, ch := range router.channelList() {
 		ch.deliver(inboxNewNeighbour, c.remoteName, nil)
 	}
-	changed := []PeerName{router.Ourself.Name}
-	if added {
-		changed = append(changed, c.remoteName)
-	}
 	for _, o := range others {
-		o.q.pushTopology(changed, false)
+		o.q.pushOwnChange()
+		if added {
+			o.q.pushTopology([]PeerName{c.remoteName}, false)
+		}
 	}
 	if c.target != nil {
 		router.ConnectionMaker.connected(c.target, c.remoteName)
@@ -638,7 +637,7 @@ func (router *Router) ourConnectionsChanged(except *LocalConnection) {
 	others := router.otherConnections(except)
 	router.mu.RUnlock()
 	for _, o := range others {
-		o.q.pushTopology([]PeerName{router.Ourself.Name}, false)
+		o.q.pushOwnChange()
 	}
 	router.topologyChanged()
 }
@@ -893,6 +892,8 @@ func (router *Router) handleGossip(c *LocalConnection, body []byte) error {
 			return router.handleAnnounce(c, m.Payload)
 		case m.Channel == pullChannel && c.announces:
 			return router.handlePull(c, m.Payload)
+		case m.Channel == deltaChannel && c.deltas:
+			return router.handleDelta(c, m.Payload)
 		}
 		ch := router.channel(m.Channel)
 		if ch == nil {
@@ -915,6 +916,13 @@ func (router *Router) handleTopology(c *LocalConnection, payload []byte) error {
 	if err != nil {
 		return err
 	}
+	router.mergeUpdates(c, updates)
+	return nil
+}
+
+// mergeUpdates merges topology entries received on c and passes on to the
+// other neighbours what was new.
+func (router *Router) mergeUpdates(c *LocalConnection, updates []peerUpdate) {
 	conns := router.connections()
 	neighbours := make([]PeerName, len(conns))
 	for i, o := range conns {
@@ -957,7 +965,6 @@ func (router *Router) handleTopology(c *LocalConnection, payload []byte) error {
 	if len(res.changed) > 0 || res.ourVersionBumped || res.placeholders > 0 {
 		router.topologyChanged()
 	}
-	return nil
 }
 
 // sendUnicast sends a message of a channel to dst.

@@ -62,10 +62,13 @@ type sendQueue struct {
 	// topology_pull.go), pull the records of entries to ask for.
 	announce map[PeerName]struct{}
 	pull     []digestEntry
-	digest   bool
-	gossip   map[gossipKey]GossipData
-	order    []gossipKey
-	closed   bool
+	// ownChanged asks for our own entry after a change of it (see
+	// pushOwnChange); our name in topo asks for it whole.
+	ownChanged bool
+	digest     bool
+	gossip     map[gossipKey]GossipData
+	order      []gossipKey
+	closed     bool
 	// spaceWait is non-nil while a sender waits for room in buf; the
 	// writer closes it after taking what is queued.
 	spaceWait chan struct{}
@@ -130,6 +133,18 @@ func (q *sendQueue) pushTopology(names []PeerName, full bool) {
 		for _, n := range names {
 			q.topo[n] = struct{}{}
 		}
+	}
+	q.mu.Unlock()
+	q.signal()
+}
+
+// pushOwnChange asks for our own entry to be sent after a change of our
+// connections: as a delta where the remote understands them (see
+// topology_delta.go), else whole.
+func (q *sendQueue) pushOwnChange() {
+	q.mu.Lock()
+	if !q.closed {
+		q.ownChanged = true
 	}
 	q.mu.Unlock()
 	q.signal()
@@ -215,15 +230,16 @@ func (q *sendQueue) pushGossip(key gossipKey, data GossipData) {
 
 // sendBatch is what the writer takes from the queue in one go.
 type sendBatch struct {
-	buf      []byte
-	count    int
-	topoFull bool
-	topo     []PeerName
-	announce []PeerName
-	pull     []digestEntry
-	digest   bool
-	gossip   []GossipData
-	keys     []gossipKey
+	buf        []byte
+	count      int
+	topoFull   bool
+	topo       []PeerName
+	announce   []PeerName
+	pull       []digestEntry
+	ownChanged bool
+	digest     bool
+	gossip     []GossipData
+	keys       []gossipKey
 }
 
 // take moves everything queued into b, reusing b's buffers. Topology is
@@ -236,6 +252,7 @@ func (q *sendQueue) take(b *sendBatch, withTopology bool) (hasTopology bool) {
 	b.topoFull = false
 	b.topo = b.topo[:0]
 	b.announce = b.announce[:0]
+	b.ownChanged = false
 	if withTopology {
 		b.topoFull = q.topoFull
 		for n := range q.topo {
@@ -247,8 +264,9 @@ func (q *sendQueue) take(b *sendBatch, withTopology bool) (hasTopology bool) {
 			b.announce = append(b.announce, n)
 		}
 		clear(q.announce)
+		b.ownChanged, q.ownChanged = q.ownChanged, false
 	}
-	hasTopology = q.topoFull || len(q.topo) > 0 || len(q.announce) > 0
+	hasTopology = q.topoFull || len(q.topo) > 0 || len(q.announce) > 0 || q.ownChanged
 	b.pull, q.pull = q.pull, b.pull[:0]
 	b.digest, q.digest = q.digest, false
 	b.keys = b.keys[:0]

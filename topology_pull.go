@@ -33,7 +33,7 @@ const (
 	// a peer understands announcements and pulls.
 	digestLevelAnnounce = 2
 	// ourDigestLevel is the level of featureTopologyDigest we send.
-	ourDigestLevel = digestLevelAnnounce
+	ourDigestLevel = digestLevelDelta
 )
 
 // pullCandidate is an announced entry newer than ours: what was announced,

@@ -1,0 +1,115 @@
+package mesh
+
+import (
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+func peerWith(i int, uid PeerUID, version uint64, conns ...connectionSummary) *Peer {
+	u := update(i, uid, version, conns...)
+	return &Peer{Name: u.Name, NickName: u.NickName, UID: uid, Version: version, conns: sortConnections(append([]connectionSummary(nil), conns...))}
+}
+
+func TestDeltaRoundTripAndApply(t *testing.T) {
+	old := peerWith(1, 11, 4, conn(2, true), conn(3, false), conn(4, true), conn(6, true))
+	changed := conn(3, true)
+	changed.Outbound = true
+	cur := peerWith(1, 11, 6, conn(2, true), changed, conn(5, true))
+	cur.ShortID, cur.HasShortID = 77, true
+
+	d := diffEntries(old, cur)
+	require.Equal(t, []connectionSummary{changed, conn(5, true)}, d.Add)
+	require.Equal(t, []PeerName{testPeerName(4), testPeerName(6)}, d.Del)
+
+	b := appendDelta(nil, &d)
+	got, err := parseDelta(b, topologyLimits{MaxConnections: 100})
+	require.NoError(t, err)
+	require.Equal(t, d, got)
+
+	tp := newTestTopology(0)
+	tp.apply([]peerUpdate{{peerSummary: old.summary(), Connections: old.conns}})
+	u, res := tp.deltaUpdate(&got)
+	require.Equal(t, deltaApplies, res)
+	require.Equal(t, cur.conns, u.Connections)
+	require.Equal(t, uint64(6), u.Version)
+	require.Equal(t, PeerShortID(77), u.ShortID)
+	require.True(t, u.HasShortID)
+	require.Equal(t, old.NickName, u.NickName)
+
+	tp.apply([]peerUpdate{u})
+	_, res = tp.deltaUpdate(&got)
+	require.Equal(t, deltaStale, res, "already applied")
+
+	t.Run("no base", func(t *testing.T) {
+		other := newTestTopology(0)
+		_, res := other.deltaUpdate(&got)
+		require.Equal(t, deltaNoBase, res, "unknown peer")
+		other.apply([]peerUpdate{update(1, 11, 3)})
+		_, res = other.deltaUpdate(&got)
+		require.Equal(t, deltaNoBase, res, "a version other than the base")
+		other.apply([]peerUpdate{update(1, 12, 5)})
+		_, res = other.deltaUpdate(&got)
+		require.Equal(t, deltaNoBase, res, "another incarnation")
+	})
+}
+
+// The delta for one more connection has the same size whatever the number
+// of connections the peer already has.
+func TestDeltaSizeIndependentOfDegree(t *testing.T) {
+	size := func(n int) int {
+		conns := make([]connectionSummary, n)
+		for i := range conns {
+			conns[i] = conn(i+2, true)
+		}
+		old := peerWith(1, 11, 1, conns...)
+		cur := peerWith(1, 11, 2, append(conns, conn(n+2, true))...)
+		d := diffEntries(old, cur)
+		return len(appendDelta(nil, &d))
+	}
+	require.Equal(t, size(3), size(1000))
+	require.Less(t, size(1000), deltaFixedSize+64)
+}
+
+func TestParseDeltaRejectsMalformed(t *testing.T) {
+	d := entryDelta{Name: testPeerName(1), UID: 11, From: 1, To: 2, Add: []connectionSummary{conn(2, true)}, Del: []PeerName{testPeerName(3)}}
+	good := appendDelta(nil, &d)
+	limits := topologyLimits{MaxConnections: 100}
+	for i := range len(good) {
+		_, err := parseDelta(good[:i], limits)
+		require.ErrorIs(t, err, ErrMalformed, "truncated at %d", i)
+	}
+	_, err := parseDelta(append(good, 0), limits)
+	require.ErrorIs(t, err, ErrMalformed, "trailing byte")
+
+	for name, d := range map[string]entryDelta{
+		"versions backwards": {Name: testPeerName(1), UID: 11, From: 2, To: 2},
+		"no UID":             {Name: testPeerName(1), From: 1, To: 2},
+		"too many":           {Name: testPeerName(1), UID: 11, From: 1, To: 2, Del: make([]PeerName, 101)},
+	} {
+		_, err := parseDelta(appendDelta(nil, &d), limits)
+		require.ErrorIs(t, err, ErrMalformed, name)
+	}
+}
+
+func FuzzParseDelta(f *testing.F) {
+	d := entryDelta{Name: testPeerName(1), UID: 11, From: 1, To: 2, HasShortID: true, ShortID: 9, Add: []connectionSummary{conn(2, true)}, Del: []PeerName{testPeerName(3)}}
+	f.Add(appendDelta(nil, &d))
+	two := entryDelta{Name: testPeerName(1), UID: 11, From: 3, To: 7, Add: []connectionSummary{conn(2, true), conn(4, false)}, Del: []PeerName{testPeerName(3), testPeerName(5)}}
+	f.Add(appendDelta(nil, &two))
+	f.Add([]byte{})
+	limits := topologyLimits{MaxPeers: 1000, MaxConnections: 100}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		d, err := parseDelta(b, limits)
+		if err != nil {
+			return
+		}
+		require.LessOrEqual(t, len(d.Add)+len(d.Del), limits.MaxConnections)
+		require.Equal(t, b, appendDelta(nil, &d), "a delta re-encodes to its bytes")
+		tp := newTestTopology(0)
+		tp.apply([]peerUpdate{update(1, d.UID, d.From)})
+		if u, res := tp.deltaUpdate(&d); res == deltaApplies {
+			tp.apply([]peerUpdate{u})
+		}
+	})
+}
