@@ -169,11 +169,11 @@ func TestNetnsLinkDown(t *testing.T) {
 				return false, fmt.Sprintf("peer %d has %d connections", n.index, got)
 			}
 		}
+		if ok, msg := routeVia(a, c, c); !ok {
+			return false, msg
+		}
 		return settled(nodes)
 	})
-	if ok, msg := routeVia(a, c, c); !ok {
-		t.Fatal(msg)
-	}
 
 	lab.ip("-n", lab.ns("a"), "link", "set", ac, "down")
 	took := eventually(t, "A and C go through B", func() (bool, string) {
