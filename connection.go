@@ -486,6 +486,7 @@ func (c *LocalConnection) writeLoop() {
 		putBuffer(scratch)
 		putBuffer(batch.buf)
 		out, scratch, batch.buf = nil, nil, nil
+		batch.release()
 		if err != nil {
 			c.shutdown(err)
 			return

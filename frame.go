@@ -118,7 +118,7 @@ func appendGobBytesHeader(dst []byte, n int) []byte {
 // returning that error. A frameReader is not safe for concurrent use.
 // maxRetainedFrameBuffer is the largest read buffer a frameReader keeps
 // from one frame to the next; larger ones come from the shared pool.
-const maxRetainedFrameBuffer = 16 << 10
+const maxRetainedFrameBuffer = 4 << 10
 
 type frameReader struct {
 	br             *bufio.Reader

@@ -228,6 +228,27 @@ func (q *sendQueue) pushGossip(key gossipKey, data GossipData) {
 	q.signal()
 }
 
+// smallBatch is the capacity of the lists of a batch kept between batches;
+// larger ones, left by a burst, are dropped (see release).
+const smallBatch = 64
+
+// release drops the lists of b that a burst made large, so that an idle
+// connection does not keep them.
+func (b *sendBatch) release() {
+	if cap(b.topo) > smallBatch {
+		b.topo = nil
+	}
+	if cap(b.announce) > smallBatch {
+		b.announce = nil
+	}
+	if cap(b.pull) > smallBatch {
+		b.pull = nil
+	}
+	if cap(b.keys) > smallBatch {
+		b.keys, b.gossip = nil, nil
+	}
+}
+
 // sendBatch is what the writer takes from the queue in one go.
 type sendBatch struct {
 	buf        []byte
@@ -259,15 +280,18 @@ func (q *sendQueue) take(b *sendBatch, withTopology bool) (hasTopology bool) {
 			b.topo = append(b.topo, n)
 		}
 		q.topoFull = false
-		clear(q.topo)
+		// The sets are dropped rather than cleared: after a burst of
+		// changes they are large, and an idle connection should not
+		// keep them.
+		q.topo = nil
 		for n := range q.announce {
 			b.announce = append(b.announce, n)
 		}
-		clear(q.announce)
+		q.announce = nil
 		b.ownChanged, q.ownChanged = q.ownChanged, false
 	}
 	hasTopology = q.topoFull || len(q.topo) > 0 || len(q.announce) > 0 || q.ownChanged
-	b.pull, q.pull = q.pull, b.pull[:0]
+	b.pull, q.pull = q.pull, nil
 	b.digest, q.digest = q.digest, false
 	b.keys = b.keys[:0]
 	b.gossip = b.gossip[:0]
@@ -277,6 +301,9 @@ func (q *sendQueue) take(b *sendBatch, withTopology bool) (hasTopology bool) {
 		delete(q.gossip, k)
 	}
 	q.order = q.order[:0]
+	if len(q.gossip) == 0 && cap(q.order) > smallBatch {
+		q.gossip, q.order = nil, nil
+	}
 	q.surrogateBytes = 0
 	if q.spaceWait != nil {
 		close(q.spaceWait)

@@ -118,6 +118,9 @@ func newerRecord(a digestEntry, uid PeerUID, version uint64) bool {
 func (p *pullsInFlight) received(peer *Peer) {
 	if r, ok := p.m[peer.Name]; ok && !newerRecord(digestEntry{UID: r.uid, Version: r.version}, peer.UID, peer.Version) {
 		delete(p.m, peer.Name)
+		if len(p.m) == 0 {
+			p.m = nil // a map keeps its size once grown
+		}
 	}
 }
 
@@ -130,6 +133,9 @@ func (p *pullsInFlight) expire(now, age int64) int {
 			delete(p.m, name)
 			n++
 		}
+	}
+	if len(p.m) == 0 {
+		p.m = nil
 	}
 	return n
 }
