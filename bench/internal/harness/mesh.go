@@ -150,6 +150,10 @@ func (c *meshCluster) add(i int, o meshOptions) error {
 		ConnLimit:     o.ConnLimit,
 		PeerDiscovery: true,
 		Transport:     tr,
+		// Every peer of the benchmark dials from 127.0.0.1: the cap on
+		// handshakes in progress per remote address, meant for one host,
+		// would hold back a star of hundreds of peers on one machine.
+		Accept: mesh.AcceptLimits{MaxPendingPerIP: mesh.DefaultMaxPendingHandshakes},
 	}, meshName(i), fmt.Sprintf("p%d", i), mesh.NullOverlay{}, nil)
 	if err != nil {
 		return fmt.Errorf("peer %d: %w", i, err)
