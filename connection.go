@@ -41,15 +41,12 @@ type LocalConnection struct {
 	remoteConnID uint64
 	version      byte
 	encrypted    bool
-	// digests is set when the remote understands topology digests.
+	// digests is set when the remote is a mesh peer that understands
+	// the topology extensions: digests, sync requests, announcements,
+	// pulls and deltas (digest.go, topology_pull.go, topology_delta.go).
 	digests bool
-	// announces is set when the remote understands topology
-	// announcements and pulls.
-	announces bool
-	// deltas is set when the remote understands deltas of our entry;
 	// lastOwn is the version of our entry last sent on this connection
 	// (only the writer uses it).
-	deltas      bool
 	lastOwn     *Peer
 	reader      *frameReader
 	writer      *frameWriter
@@ -71,7 +68,7 @@ var _ Connection = (*LocalConnection)(nil)
 
 // Remote returns the peer at the other end.
 func (c *LocalConnection) Remote() *Peer {
-	if p := c.router.Peers.Fetch(c.remoteName); p != nil {
+	if p := c.router.Peers.current(c.remoteName); p != nil {
 		return p
 	}
 	s := c.remoteSumm
@@ -222,9 +219,7 @@ func (c *LocalConnection) handshake() error {
 	c.remoteSumm = peerSummary{Name: remote.Name, NickName: remote.NickName, UID: remote.UID, ShortID: remote.ShortID, HasShortID: remote.HasShortID}
 	c.version, c.encrypted = res.Version, res.Encrypted
 	if level, err := strconv.Atoi(res.Features[featureTopologyDigest]); err == nil {
-		c.digests = level >= 1
-		c.announces = level >= digestLevelAnnounce
-		c.deltas = level >= digestLevelDelta
+		c.digests = level >= ourDigestLevel
 	}
 	c.reader, c.writer = res.reader, res.writer
 	if remote.Name == r.Ourself.Name {
@@ -397,16 +392,22 @@ func (c *LocalConnection) writeLoop() {
 			needBeat = true
 		}
 		now := time.Now()
-		topoDue := now.Sub(lastTopo) >= r.topologyInterval
+		interval := r.topologyInterval
+		topoDue := now.Sub(lastTopo) >= interval
 		stillTopo := c.q.take(&batch, topoDue)
 		if stillTopo && !timerArmed {
-			topoTimer.Reset(r.topologyInterval - now.Sub(lastTopo))
+			topoTimer.Reset(interval - now.Sub(lastTopo))
 			timerArmed = true
 		}
 		out = getBuffer()
 		scratch = getBuffer()
 		var err error
-		if batch.digest {
+		switch {
+		case batch.sync:
+			// A sync request gets the remote's digest back: no need to
+			// send ours as well.
+			out, scratch, err = c.appendDigestFrames(out, scratch, syncChannel, r.Peers.encodeDigest())
+		case batch.digest:
 			out, scratch, err = c.appendDigestFrames(out, scratch, digestChannel, r.Peers.encodeDigest())
 		}
 		if batch.topoFull || len(batch.topo) > 0 || batch.ownChanged {
@@ -421,10 +422,10 @@ func (c *LocalConnection) writeLoop() {
 			wholeOwn := batch.topoFull || slices.Contains(names, r.Ourself.Name)
 			var own *Peer
 			if wholeOwn || batch.ownChanged {
-				own = r.Peers.Fetch(r.Ourself.Name)
+				own = r.Peers.current(r.Ourself.Name)
 			}
 			if base := c.lastOwn; !wholeOwn && own != nil {
-				if c.deltas && base != nil && base.UID == own.UID && base.Version < own.Version {
+				if c.digests && base != nil && base.UID == own.UID && base.Version < own.Version {
 					d := diffEntries(base, own)
 					scratch = appendDelta(scratch[:0], &d)
 					m := gossipMessage{Tag: tagGossip, Channel: deltaChannel, Src: r.Ourself.Name, Payload: scratch}

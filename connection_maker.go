@@ -65,6 +65,8 @@ type target struct {
 	// are connected to that peer, by whichever connection, the address is
 	// not dialled.
 	peer PeerName
+	// rank orders discovered targets (see ConnectionMaker.rank).
+	rank uint64
 }
 
 // ConnectionMaker dials the peers this router should be connected to and
@@ -312,7 +314,7 @@ func (cm *ConnectionMaker) launchDue(now time.Time) time.Time {
 			return 1
 		}
 		if !a.direct {
-			if c := cmp.Compare(cm.rank(a.addr), cm.rank(b.addr)); c != 0 {
+			if c := cmp.Compare(a.rank, b.rank); c != 0 {
 				return c
 			}
 		}
@@ -424,14 +426,15 @@ func (cm *ConnectionMaker) discoveryLimit() int {
 	return min(cm.router.ConnLimit, cm.router.DiscoveryDegree)
 }
 
-// rank orders discovered addresses for this peer: an FNV-1a hash of the
-// address seeded with our name.
-func (cm *ConnectionMaker) rank(addr string) uint64 {
-	h := uint64(14695981039346656037) ^ uint64(cm.router.Ourself.Name)
-	for i := 0; i < len(addr); i++ {
-		h ^= uint64(addr[i])
-		h *= 1099511628211
-	}
+// rank orders discovered peers for this peer: a hash of their name mixed
+// with ours, so that every peer has an order of its own.
+func (cm *ConnectionMaker) rank(name PeerName) uint64 {
+	h := uint64(name) ^ uint64(cm.router.Ourself.Name)*0x9e3779b97f4a7c15
+	h ^= h >> 33
+	h *= 0xff51afd7ed558ccd
+	h ^= h >> 33
+	h *= 0xc4ceb9fe1a85ec53
+	h ^= h >> 33
 	return h
 }
 
@@ -448,62 +451,109 @@ func (cm *ConnectionMaker) backoff(n int) time.Duration {
 }
 
 // topologyChanged refreshes the discovered targets: with peer discovery,
-// the addresses at which other peers reach the peers we are not connected
-// to.
+// while we have fewer connections than the discovery degree, the addresses
+// at which other peers reach a few of the peers we are not connected to,
+// the first in our own order of peers (see rank). Only so many are kept as
+// can be dialled soon, so that the work does not grow with the mesh.
 func (cm *ConnectionMaker) topologyChanged() {
 	r := cm.router
 	if !r.PeerDiscovery {
 		return
 	}
 	r.mu.RLock()
-	connectedNames := make(map[PeerName]bool, len(r.conns))
+	connected := make(map[PeerName]bool, len(r.conns))
 	for name := range r.conns {
-		connectedNames[name] = true
+		connected[name] = true
 	}
 	r.mu.RUnlock()
-	if len(connectedNames) >= cm.discoveryLimit() {
-		// Nothing would be dialled: spare the scan of the whole topology.
+	need := cm.discoveryLimit() - len(connected)
+	if need <= 0 {
+		// Nothing would be dialled: spare the scan of the topology.
 		return
 	}
-	candidates := make(map[string]PeerName)
 	ourAddr := ""
 	if a := r.ListenAddr(); a != nil {
 		ourAddr = a.String()
 	}
-	r.Peers.ForEach(func(p *Peer) {
-		for _, c := range p.conns {
-			if c.Name == r.Ourself.Name || connectedNames[c.Name] || c.RemoteTCPAddr == "" || c.RemoteTCPAddr == ourAddr {
-				continue
-			}
-			candidates[c.RemoteTCPAddr] = c.Name
-		}
-	})
-	cm.mu.Lock()
-	changed := false
-	for addr, t := range cm.targets {
-		if _, ok := candidates[addr]; !ok && !t.direct && t.state == targetWaiting {
-			delete(cm.targets, addr)
-		}
+	view := r.Peers.view()
+	// The candidates: peers with an entry we are not connected to, the
+	// lowest ranks first.
+	type candidate struct {
+		rank uint64
+		peer *Peer
 	}
+	var cands []candidate
+	view.peers.Ascend(func(p *Peer) bool {
+		if p.Name != r.Ourself.Name && !p.isPlaceholder() && !connected[p.Name] {
+			cands = append(cands, candidate{cm.rank(p.Name), p})
+		}
+		return true
+	})
+	slices.SortFunc(cands, func(a, b candidate) int { return cmp.Compare(a.rank, b.rank) })
+
+	cm.mu.Lock()
+	defer cm.mu.Unlock()
 	now := time.Now()
-	for addr, peer := range candidates {
+	// Enough to dial as many as we need, a few at a time; those waiting
+	// to be retried do not count.
+	want := need + maxDiscoveryDials
+	chosen := make(map[string]bool, want)
+	changed := false
+	for _, c := range cands {
+		if want == 0 {
+			break
+		}
+		addr := discoveredAddress(view, c.peer, ourAddr)
+		if addr == "" {
+			continue
+		}
 		if _, self := cm.selfAddrs[addr]; self {
 			continue
 		}
-		if _, ok := cm.targets[addr]; !ok {
-			if _, err := normaliseAddress(addr); err != nil {
-				continue
+		if t, ok := cm.targets[addr]; ok {
+			chosen[addr] = true
+			if t.state != targetWaiting || t.attempts == 0 || !t.tryAfter.After(now) {
+				want--
 			}
-			t := &target{addr: addr, peer: peer}
-			if peer < r.Ourself.Name {
-				t.tryAfter = now.Add(discoveryDeferral + cm.backoff(1)/4)
-			}
-			cm.targets[addr] = t
-			changed = true
+			continue
+		}
+		if _, err := normaliseAddress(addr); err != nil {
+			continue
+		}
+		t := &target{addr: addr, peer: c.peer.Name, rank: c.rank}
+		if c.peer.Name < r.Ourself.Name {
+			t.tryAfter = now.Add(discoveryDeferral + cm.backoff(1)/4)
+		}
+		cm.targets[addr] = t
+		chosen[addr] = true
+		changed = true
+		want--
+	}
+	// Discovered targets not chosen again are dropped, unless they wait
+	// to be retried: they remember their backoff until it ends.
+	for addr, t := range cm.targets {
+		if !t.direct && t.state == targetWaiting && !chosen[addr] && !t.tryAfter.After(now) {
+			delete(cm.targets, addr)
 		}
 	}
-	cm.mu.Unlock()
 	if changed {
 		cm.signal()
 	}
+}
+
+// discoveredAddress returns an address at which another peer reaches p,
+// as it reports its connection to p: the address it dialled, or the
+// address p connected from with the port p listens on. Empty when there is
+// none but ours.
+func discoveredAddress(view *peersView, p *Peer, ourAddr string) string {
+	for _, c := range p.conns {
+		nb, ok := view.peers.Get(&Peer{Name: c.Name})
+		if !ok {
+			continue
+		}
+		if back, ok := nb.connectionTo(p.Name); ok && back.RemoteTCPAddr != "" && back.RemoteTCPAddr != ourAddr {
+			return back.RemoteTCPAddr
+		}
+	}
+	return ""
 }

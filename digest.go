@@ -12,10 +12,14 @@ import (
 // discovery connects peers that already know the same topology, that is
 // almost all redundant, and in a dense mesh each full topology is large.
 // Peers that both send the feature featureTopologyDigest instead exchange
-// a digest (each peer's name, UID and version) on the "topology" gossip
-// carried under digestChannel, and each then sends the other only the
-// entries the other lacks or has older. The periodic anti-entropy gossip
-// uses digests the same way. Digests are never relayed.
+// a digest (each peer's name, UID and version) under digestChannel, and
+// each asks the other, with a pull (topology_pull.go), for the entries it
+// lacks or has older. A pull is shared with the pulls asked of other
+// neighbours: a new peer that connects to several peers at once fetches
+// each entry once, not once per connection. The periodic anti-entropy uses
+// a sync request (syncChannel): a digest whose receiver pulls what it
+// lacks and answers with its own digest, so that the asker does the same.
+// Digests are never relayed.
 
 const (
 	// featureTopologyDigest is the feature a peer sends to say it
@@ -23,6 +27,9 @@ const (
 	featureTopologyDigest = "TopologyDigest"
 	// digestChannel is the gossip channel name digests travel under.
 	digestChannel = "topology-digest"
+	// syncChannel is the gossip channel name of sync requests: digests
+	// that ask for the receiver's digest in return.
+	syncChannel = "topology-sync"
 	// digestRecordSize is the size of one digest record: name (6 bytes),
 	// UID (8) and version (8), big-endian.
 	digestRecordSize = NameSize + 8 + 8
@@ -76,32 +83,6 @@ func (t *topology) digest() []digestEntry {
 	return out
 }
 
-// newerThanDigest returns the peers whose entries here are newer than
-// those of the digest, or missing from it: what the digest's sender lacks.
-func (t *topology) newerThanDigest(d []digestEntry) []PeerName {
-	theirs := make(map[PeerName]digestEntry, len(d))
-	for _, e := range d {
-		theirs[e.Name] = e
-	}
-	var out []PeerName
-	t.ascend(func(p *Peer) bool {
-		if p.isPlaceholder() {
-			return true
-		}
-		e, ok := theirs[p.Name]
-		if !ok {
-			out = append(out, p.Name)
-			return true
-		}
-		s := peerSummary{Name: e.Name, UID: e.UID, Version: e.Version}
-		if s.Version < p.Version || (s.Version == p.Version && s.UID < p.UID) {
-			out = append(out, p.Name)
-		}
-		return true
-	})
-	return out
-}
-
 // encodeDigest encodes our current digest as one or more messages.
 func (peers *Peers) encodeDigest() [][]byte {
 	peers.mu.RLock()
@@ -121,17 +102,25 @@ func digestMessages(entries []digestEntry) [][]byte {
 	return out
 }
 
-// handleDigest answers a digest from neighbour c with the entries it lacks.
+// handleDigest asks neighbour c for the entries of its digest that are
+// newer than ours, unless another neighbour is already sending them.
 func (router *Router) handleDigest(c *LocalConnection, payload []byte) error {
 	d, err := parseDigest(payload)
 	if err != nil {
 		return err
 	}
-	router.Peers.mu.RLock()
-	missing := router.Peers.topo.newerThanDigest(d)
-	router.Peers.mu.RUnlock()
-	if len(missing) > 0 {
-		c.q.pushTopology(missing, false)
+	router.pullNewer(c, d)
+	return nil
+}
+
+// handleSync answers a sync request from neighbour c: like a digest, and
+// with our own digest, so that c asks us for what it lacks.
+func (router *Router) handleSync(c *LocalConnection, payload []byte) error {
+	d, err := parseDigest(payload)
+	if err != nil {
+		return err
 	}
+	router.pullNewer(c, d)
+	c.q.pushDigest()
 	return nil
 }

@@ -22,18 +22,26 @@ func TestDigestRoundTrip(t *testing.T) {
 	require.Empty(t, empty)
 }
 
-func TestNewerThanDigest(t *testing.T) {
+func TestWantedFromDigest(t *testing.T) {
 	tp := newTestTopology(0)
 	tp.setOurConnections([]connectionSummary{conn(1, true)})
 	tp.apply([]peerUpdate{update(1, 11, 5, conn(0, true), conn(2, true)), update(2, 22, 2, conn(1, true))})
-	// The other side knows peer 1 at an older version, peer 2 at the same
-	// version, ourselves not at all, and a peer we do not know.
+	// The other side knows peer 1 at an older version, peer 2 at a newer
+	// one, ourselves at a newer one, a peer we do not know, and one only
+	// as a placeholder.
 	theirs := []digestEntry{
+		{Name: testPeerName(0), UID: 1, Version: 9},
 		{Name: testPeerName(1), UID: 11, Version: 4},
-		{Name: testPeerName(2), UID: 22, Version: 2},
+		{Name: testPeerName(2), UID: 22, Version: 3},
 		{Name: testPeerName(9), UID: 99, Version: 1},
+		{Name: testPeerName(8)},
 	}
-	require.Equal(t, []PeerName{testPeerName(0), testPeerName(1)}, tp.newerThanDigest(theirs))
+	// We ask for peer 2 (having version 2) and peer 9 (having nothing);
+	// our own entry is ours to announce.
+	require.Equal(t, []pullCandidate{
+		{announced: theirs[2], have: digestEntry{Name: testPeerName(2), UID: 22, Version: 2}},
+		{announced: theirs[3], have: digestEntry{Name: testPeerName(9)}},
+	}, tp.wanted(theirs))
 	// Our digest lists every peer but placeholders.
 	tp.apply([]peerUpdate{update(3, 33, 1, conn(7, true))}) // 7 is a placeholder
 	names := make([]PeerName, 0)

@@ -11,6 +11,7 @@ import (
 	"net"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -254,7 +255,7 @@ func (d *dispatchRouter) run(tb testing.TB, mode byte, data []byte, pos uint16, 
 	d.conns++
 	features := (&peerFeatures{Name: d.peer, NickName: "probe", UID: 99, ConnID: d.conns}).featuresMap(nil)
 	if mode&fuzzDispatchDigests != 0 {
-		features[featureTopologyDigest] = "1"
+		features[featureTopologyDigest] = strconv.Itoa(ourDigestLevel)
 	}
 	cfg := &handshakeConfig{Outbound: true, Password: d.password, Features: features, Timeout: 10 * time.Second}
 	if mode&fuzzDispatchV1 != 0 {

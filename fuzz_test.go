@@ -221,7 +221,7 @@ func digestTestTopology() *topology {
 	return t
 }
 
-// FuzzParseDigest decodes digest records and answers them.
+// FuzzParseDigest decodes digest records and finds those to pull.
 func FuzzParseDigest(f *testing.F) {
 	t0 := digestTestTopology()
 	f.Add(appendDigest(nil, t0.digest()))
@@ -246,26 +246,26 @@ func FuzzParseDigest(f *testing.F) {
 		if again := appendDigest(nil, entries); !bytes.Equal(again, data) {
 			t.Fatal("digest does not encode back to the same bytes")
 		}
-		// The answer holds exactly our entries that the digest lacks or
-		// has older; the last record for a name counts.
+		// We pull exactly the records, in order, of peers other than us
+		// whose entries here are missing, placeholders or older.
 		topo := digestTestTopology()
-		theirs := make(map[PeerName]digestEntry)
+		var want []PeerName
 		for _, e := range entries {
 			if e.Name > maxPeerName {
 				t.Fatalf("name %x wider than %d bytes", uint64(e.Name), NameSize)
 			}
-			theirs[e.Name] = e
-		}
-		var want []PeerName
-		topo.ascend(func(p *Peer) bool {
-			e, ok := theirs[p.Name]
-			if !p.isPlaceholder() && (!ok || e.Version < p.Version || (e.Version == p.Version && e.UID < p.UID)) {
-				want = append(want, p.Name)
+			p := topo.get(e.Name)
+			older := p == nil || p.isPlaceholder() || e.Version > p.Version || (e.Version == p.Version && e.UID > p.UID)
+			if e.Name != topo.ourName && e.UID != 0 && older {
+				want = append(want, e.Name)
 			}
-			return true
-		})
-		if got := topo.newerThanDigest(entries); !slices.Equal(got, want) {
-			t.Fatalf("answer %v, want %v", got, want)
+		}
+		var got []PeerName
+		for _, c := range topo.wanted(entries) {
+			got = append(got, c.announced.Name)
+		}
+		if !slices.Equal(got, want) {
+			t.Fatalf("pulled %v, want %v", got, want)
 		}
 	})
 }
@@ -340,7 +340,7 @@ func FuzzApplyTopology(f *testing.F) {
 				t.Fatalf("re-decoding the merged table: %v", err)
 			}
 		}
-		routes := newRoutes(topo)
+		routes := newRoutes(&Peers{topo: topo})
 		routes.recalculate(topo)
 		for _, p := range routes.PeerNames() {
 			routes.BroadcastAll(p)

@@ -16,7 +16,7 @@ type LocalPeer struct {
 func (p *LocalPeer) String() string { return fmt.Sprint(p.Name, "(", p.NickName, ")") }
 
 // Peer returns our current entry in the topology.
-func (p *LocalPeer) Peer() *Peer { return p.router.Peers.Fetch(p.Name) }
+func (p *LocalPeer) Peer() *Peer { return p.router.Peers.current(p.Name) }
 
 // ConnectionTo returns our connection to the named peer, if there is one.
 func (p *LocalPeer) ConnectionTo(name PeerName) (Connection, bool) {

@@ -2,17 +2,61 @@ package mesh
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
+
+	"github.com/google/btree"
 )
 
 // Peers is the table of every peer this router knows, with the connections
 // each reports. It is safe for concurrent use.
+//
+// Its read methods never wait for the router: they read a copy-on-write
+// snapshot of the table, which they bring up to date when the router is
+// not changing the table at that moment, and otherwise take as it was at
+// the last change they saw, a moment ago. The router's own code reads and
+// changes the table under mu.
 type Peers struct {
 	mu   sync.RWMutex
 	topo *topology
 
+	// snap is the snapshot readers use; snapMu serializes taking one.
+	snapMu sync.Mutex
+	snap   atomic.Pointer[peersView]
+
 	gcMu sync.Mutex
 	onGC []func(*Peer)
+}
+
+// peersView is an immutable snapshot of the peer table.
+type peersView struct {
+	gen   uint64
+	peers *btree.BTreeG[*Peer]
+}
+
+// view returns a snapshot of the table: the current one when the router
+// is not changing the table, else the last one taken.
+func (peers *Peers) view() *peersView {
+	v := peers.snap.Load()
+	if v != nil && v.gen == peers.topo.published.Load() {
+		return v
+	}
+	if !peers.mu.TryRLock() {
+		if v != nil {
+			return v
+		}
+		peers.mu.RLock()
+	}
+	defer peers.mu.RUnlock()
+	peers.snapMu.Lock()
+	defer peers.snapMu.Unlock()
+	if v = peers.snap.Load(); v == nil || v.gen != peers.topo.gen {
+		// Clone is lazy: the table and the snapshot share nodes until
+		// the router changes them.
+		v = &peersView{gen: peers.topo.gen, peers: peers.topo.peers.Clone()}
+		peers.snap.Store(v)
+	}
+	return v
 }
 
 func newPeers(ourself *Peer, limits topologyLimits) *Peers {
@@ -21,6 +65,13 @@ func newPeers(ourself *Peer, limits topologyLimits) *Peers {
 
 // Fetch returns the peer with the given name, or nil when it is unknown.
 func (peers *Peers) Fetch(name PeerName) *Peer {
+	p, _ := peers.view().peers.Get(&Peer{Name: name})
+	return p
+}
+
+// current returns the peer's entry as it is now, waiting for the router if
+// it is changing the table.
+func (peers *Peers) current(name PeerName) *Peer {
 	peers.mu.RLock()
 	defer peers.mu.RUnlock()
 	return peers.topo.get(name)
@@ -28,39 +79,33 @@ func (peers *Peers) Fetch(name PeerName) *Peer {
 
 // Len returns the number of known peers, this router included.
 func (peers *Peers) Len() int {
-	peers.mu.RLock()
-	defer peers.mu.RUnlock()
-	return peers.topo.len()
+	return peers.view().peers.Len()
 }
 
 // Names returns the names of all known peers in ascending order.
 func (peers *Peers) Names() []PeerName {
-	peers.mu.RLock()
-	defer peers.mu.RUnlock()
-	out := make([]PeerName, 0, peers.topo.len())
-	peers.topo.ascend(func(p *Peer) bool { out = append(out, p.Name); return true })
+	v := peers.view()
+	out := make([]PeerName, 0, v.peers.Len())
+	v.peers.Ascend(func(p *Peer) bool { out = append(out, p.Name); return true })
 	return out
 }
 
-// ForEach calls f for every known peer, in name order. f must not call
-// back into Peers.
+// ForEach calls f for every known peer, in name order.
 func (peers *Peers) ForEach(f func(*Peer)) {
-	peers.mu.RLock()
-	defer peers.mu.RUnlock()
-	peers.topo.ascend(func(p *Peer) bool { f(p); return true })
+	peers.view().peers.Ascend(func(p *Peer) bool { f(p); return true })
 }
 
 // Descriptions returns a summary of every known peer, in name order.
 func (peers *Peers) Descriptions() []PeerDescription {
-	peers.mu.RLock()
-	defer peers.mu.RUnlock()
-	out := make([]PeerDescription, 0, peers.topo.len())
-	peers.topo.ascend(func(p *Peer) bool {
+	v := peers.view()
+	us := peers.topo.ourName // never changes
+	out := make([]PeerDescription, 0, v.peers.Len())
+	v.peers.Ascend(func(p *Peer) bool {
 		out = append(out, PeerDescription{
 			Name:           p.Name,
 			NickName:       p.NickName,
 			UID:            p.UID,
-			Self:           p.Name == peers.topo.ourName,
+			Self:           p.Name == us,
 			NumConnections: len(p.conns),
 		})
 		return true

@@ -229,7 +229,7 @@ func NewRouter(config Config, name PeerName, nickName string, overlay Overlay, l
 	ourself := &Peer{Name: name, NickName: nickName, UID: PeerUID(uid), ShortID: r.shortID, HasShortID: true}
 	r.Ourself = &LocalPeer{Name: name, NickName: nickName, UID: PeerUID(uid), router: r}
 	r.Peers = newPeers(ourself, r.limits)
-	r.Routes = newRoutes(r.Peers.topo)
+	r.Routes = newRoutes(r.Peers)
 	r.ConnectionMaker = newConnectionMaker(r)
 	r.warnWeakPassword()
 	return r, nil
@@ -556,7 +556,13 @@ func (router *Router) addConnection(c *LocalConnection) error {
 			router.watchOverlay(c)
 		}()
 	}
-	c.q.pushTopologySync(c.digests)
+	// Both ends send what they know: a digest, from which each pulls what
+	// it lacks, or to a weave peer the full topology.
+	if c.digests {
+		c.q.pushDigest()
+	} else {
+		c.q.pushTopology(nil, true)
+	}
 	for _, ch := range router.channelList() {
 		ch.deliver(inboxNewNeighbour, c.remoteName, nil)
 	}
@@ -818,7 +824,7 @@ func (router *Router) sendDigestToRandomNeighbour() {
 	router.rndMu.Lock()
 	c := capable[router.rnd.IntN(len(capable))]
 	router.rndMu.Unlock()
-	c.q.pushDigest()
+	c.q.pushTopologySync(true)
 }
 
 func (router *Router) randomNeighbour() *LocalConnection {
@@ -888,11 +894,13 @@ func (router *Router) handleGossip(c *LocalConnection, body []byte) error {
 			return router.handleTopology(c, m.Payload)
 		case m.Channel == digestChannel && c.digests:
 			return router.handleDigest(c, m.Payload)
-		case m.Channel == announceChannel && c.announces:
+		case m.Channel == syncChannel && c.digests:
+			return router.handleSync(c, m.Payload)
+		case m.Channel == announceChannel && c.digests:
 			return router.handleAnnounce(c, m.Payload)
-		case m.Channel == pullChannel && c.announces:
+		case m.Channel == pullChannel && c.digests:
 			return router.handlePull(c, m.Payload)
-		case m.Channel == deltaChannel && c.deltas:
+		case m.Channel == deltaChannel && c.digests:
 			return router.handleDelta(c, m.Payload)
 		}
 		ch := router.channel(m.Channel)
@@ -948,23 +956,37 @@ func (router *Router) mergeUpdates(c *LocalConnection, updates []peerUpdate) {
 		names := relay[o.remoteName]
 		switch {
 		case len(names) == 0:
-		case o.announces:
+		case o.digests:
 			o.q.pushAnnounce(names)
 		default:
 			o.q.pushTopology(names, false)
 		}
-		if res.ourVersionBumped {
-			// Our own entry goes whole: every neighbour needs it.
-			o.q.pushTopology([]PeerName{router.Ourself.Name}, false)
-		}
 	}
-	if len(res.stale) > 0 {
-		// Entries that repair the sender go whole.
+	if res.ourVersionBumped {
+		router.ourEntryRaised()
+	}
+	switch {
+	case len(res.stale) == 0:
+	case c.digests:
+		// The sender is behind: it pulls what it still lacks once our
+		// entries reach it.
+		c.q.pushAnnounce(res.stale)
+	default:
 		c.q.pushTopology(res.stale, false)
 	}
 	if len(res.changed) > 0 || res.ourVersionBumped || res.placeholders > 0 {
 		router.topologyChanged()
 	}
+}
+
+// ourEntryRaised sends our own entry whole to every neighbour, after we
+// raised our version above that of an old incarnation of ours: every
+// neighbour needs it.
+func (router *Router) ourEntryRaised() {
+	for _, o := range router.connections() {
+		o.q.pushTopology([]PeerName{router.Ourself.Name}, false)
+	}
+	router.topologyChanged()
 }
 
 // sendUnicast sends a message of a channel to dst.
@@ -1009,14 +1031,9 @@ func (router *Router) forwardUnicast(m *gossipMessage, body []byte) {
 // does, so a new connection carries broadcasts as soon as we know of it.
 func (router *Router) broadcastHops(src PeerName) []*LocalConnection {
 	// Routes lag the topology while it changes (the topology loop
-	// recomputes them at most so often). A broadcast is relayed
-	// along the tree of our current view, so that peers whose views agree
-	// agree on the tree, and each gets the broadcast once.
-	router.Peers.mu.RLock()
-	if router.Routes.stale(router.Peers.topo) {
-		router.Routes.update(router.Peers.topo)
-	}
-	router.Peers.mu.RUnlock()
+	// recomputes them at most so often). A broadcast is relayed along the
+	// tree of our current view, so that peers whose views agree agree on
+	// the tree, and each gets the broadcast once.
 	hops := router.Routes.BroadcastAll(src)
 	out := make([]*LocalConnection, 0, len(hops))
 	for _, name := range hops {

@@ -8,222 +8,123 @@ import (
 	"sync/atomic"
 )
 
-// graph is a compact, immutable view of the topology for route
-// computation: peers are numbered in name order and each adjacency list is
-// sorted, so every traversal, and so every tie-break, is deterministic.
-type graph struct {
-	// gen is the generation of the topology the graph was built from.
-	gen   uint64
-	names []PeerName
-	index map[PeerName]int32
-	us    int32
-	// sym holds the connections that count for unicast: both ends report
-	// them established.
-	sym [][]int32
-	// all holds every reported connection.
-	all [][]int32
-}
-
-// buildGraph takes a snapshot of t. It runs in O(peers + connections).
-func buildGraph(t *topology) *graph {
-	n := t.len()
-	g := &graph{
-		gen:   t.gen,
-		names: make([]PeerName, 0, n),
-		index: make(map[PeerName]int32, n),
-		sym:   make([][]int32, n),
-		all:   make([][]int32, n),
-	}
-	peers := make([]*Peer, 0, n)
-	t.ascend(func(p *Peer) bool {
-		g.index[p.Name] = int32(len(g.names))
-		g.names = append(g.names, p.Name)
-		peers = append(peers, p)
-		return true
-	})
-	g.us = g.index[t.ourName]
-	total := 0
-	for _, p := range peers {
-		total += len(p.conns)
-	}
-	// One backing array for all adjacency lists keeps this to a few
-	// allocations however large the mesh is. Names are numbered in order
-	// and each connection list is sorted by name, so every adjacency list
-	// is sorted too, and the check for the connection back is a binary
-	// search over integers.
-	backing := make([]int32, 0, 2*total)
-	established := make([]bool, 0, total)
-	estStart := make([]int, len(peers))
-	for i, p := range peers {
-		start := len(backing)
-		estStart[i] = len(established)
-		for _, c := range p.conns {
-			if j, ok := g.index[c.Name]; ok {
-				backing = append(backing, j)
-				established = append(established, c.Established)
-			}
-		}
-		g.all[i] = backing[start:len(backing):len(backing)]
-	}
-	for i := range peers {
-		start := len(backing)
-		for k, j := range g.all[i] {
-			if !established[estStart[i]+k] {
-				continue
-			}
-			if back, ok := slices.BinarySearch(g.all[j], int32(i)); ok && established[estStart[j]+back] {
-				backing = append(backing, j)
-			}
-		}
-		g.sym[i] = backing[start:len(backing):len(backing)]
-	}
-	return g
-}
-
-// nextHops returns, for every peer, the neighbour of ours that is the
-// first hop of a shortest path to it (-1 when unreachable; ourselves for
-// ourselves). Breadth-first, visiting neighbours in name order.
-func (g *graph) nextHops(adj [][]int32) []int32 {
-	hop := make([]int32, len(g.names))
-	for i := range hop {
-		hop[i] = -1
-	}
-	hop[g.us] = g.us
-	queue := make([]int32, 0, len(g.names))
-	for _, nb := range adj[g.us] {
-		if hop[nb] == -1 {
-			hop[nb] = nb
-			queue = append(queue, nb)
-		}
-	}
-	for head := 0; head < len(queue); head++ {
-		cur := queue[head]
-		for _, nb := range adj[cur] {
-			if hop[nb] == -1 {
-				hop[nb] = hop[cur]
-				queue = append(queue, nb)
-			}
-		}
-	}
-	return hop
-}
-
-// broadcastHops returns the neighbours of ours that are our children in the
-// breadth-first tree rooted at src: where we pass on a broadcast from src so
-// that every peer gets it once.
-func (g *graph) broadcastHops(adj [][]int32, src int32) []PeerName {
-	if src == g.us {
-		out := make([]PeerName, len(adj[g.us]))
-		for i, nb := range adj[g.us] {
-			out[i] = g.names[nb]
-		}
-		return out
-	}
-	parent := make([]int32, len(g.names))
-	for i := range parent {
-		parent[i] = -1
-	}
-	parent[src] = src
-	queue := make([]int32, 1, len(g.names))
-	queue[0] = src
-	reachedUs := false
-	for head := 0; head < len(queue); head++ {
-		cur := queue[head]
-		if cur == g.us {
-			reachedUs = true
-		}
-		for _, nb := range adj[cur] {
-			if parent[nb] == -1 {
-				parent[nb] = cur
-				queue = append(queue, nb)
-			}
-		}
-	}
-	if !reachedUs {
-		return nil
-	}
-	var out []PeerName
-	for _, nb := range adj[g.us] {
-		if parent[nb] == g.us {
-			out = append(out, g.names[nb])
-		}
-	}
-	return out
-}
-
-// routeTable is one immutable computation of routes. Broadcast trees are
-// computed on first use per originator and cached.
+// routeTable is one immutable computation of unicast routes, from the
+// topology of generation gen. Broadcast trees are computed on first use
+// per originator, from the same topology, and cached.
 type routeTable struct {
-	g          *graph
-	unicast    []int32
-	unicastAll []int32
+	gen uint64
+	// names lists the peers in name order; us is our index in it.
+	names []PeerName
+	us    int32
+	// unicast and unicastAll give, by index, the index of the next hop
+	// (us for ourselves, -1 when unreachable), over mutual and over all
+	// reported connections.
+	unicast, unicastAll []int32
 
 	mu           sync.Mutex
-	broadcast    map[int32][]PeerName
-	broadcastAll map[int32][]PeerName
+	broadcast    map[PeerName][]PeerName
+	broadcastAll map[PeerName][]PeerName
 }
 
-func newRouteTable(g *graph) *routeTable {
-	return &routeTable{
-		g:            g,
-		unicast:      g.nextHops(g.sym),
-		unicastAll:   g.nextHops(g.all),
-		broadcast:    make(map[int32][]PeerName),
-		broadcastAll: make(map[int32][]PeerName),
+// newRouteTable computes the routes of t.
+func newRouteTable(t *topology) *routeTable {
+	g := t.graph
+	us := t.ourSlot()
+	rt := &routeTable{
+		gen:          t.gen,
+		names:        make([]PeerName, len(g.order)),
+		unicast:      make([]int32, len(g.order)),
+		unicastAll:   make([]int32, len(g.order)),
+		broadcast:    make(map[PeerName][]PeerName),
+		broadcastAll: make(map[PeerName][]PeerName),
 	}
+	// index maps slots to positions in names.
+	index := make([]int32, len(g.names))
+	for i, s := range g.order {
+		rt.names[i] = g.names[s]
+		index[s] = int32(i)
+		if s == us {
+			rt.us = int32(i)
+		}
+	}
+	for _, v := range []struct {
+		mutualOnly bool
+		out        []int32
+	}{{true, rt.unicast}, {false, rt.unicastAll}} {
+		hop := g.nextHops(us, v.mutualOnly)
+		for i, s := range g.order {
+			if h := hop[s]; h >= 0 {
+				v.out[i] = index[h]
+			} else {
+				v.out[i] = -1
+			}
+		}
+	}
+	return rt
+}
+
+// index returns the position of name in rt.names.
+func (rt *routeTable) index(name PeerName) (int, bool) {
+	return slices.BinarySearch(rt.names, name)
 }
 
 func (rt *routeTable) lookup(hops []int32, name PeerName) (PeerName, bool) {
-	i, ok := rt.g.index[name]
+	i, ok := rt.index(name)
 	if !ok || hops[i] < 0 {
 		return UnknownPeerName, false
 	}
-	if i == rt.g.us {
+	if int32(i) == rt.us {
 		return UnknownPeerName, true
 	}
-	return rt.g.names[hops[i]], true
+	return rt.names[hops[i]], true
 }
 
-func (rt *routeTable) tree(cache map[int32][]PeerName, adj [][]int32, name PeerName) []PeerName {
-	i, ok := rt.g.index[name]
-	if !ok {
-		return nil
+// cachedTree returns the broadcast tree of name, if computed.
+func (rt *routeTable) cachedTree(all bool, name PeerName) ([]PeerName, bool) {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	cache := rt.broadcast
+	if all {
+		cache = rt.broadcastAll
+	}
+	hops, ok := cache[name]
+	return hops, ok
+}
+
+// tree returns the broadcast tree of name, computing it from t, which must
+// be the topology rt was computed from and kept from changing meanwhile.
+func (rt *routeTable) tree(t *topology, all bool, name PeerName) []PeerName {
+	if hops, ok := rt.cachedTree(all, name); ok {
+		return hops
+	}
+	var hops []PeerName
+	if s, ok := t.graph.slots[name]; ok && t.graph.present[s] {
+		hops = t.graph.children(s, t.ourSlot(), !all)
 	}
 	rt.mu.Lock()
 	defer rt.mu.Unlock()
-	if hops, ok := cache[i]; ok {
-		return hops
+	if all {
+		rt.broadcastAll[name] = hops
+	} else {
+		rt.broadcast[name] = hops
 	}
-	hops := rt.g.broadcastHops(adj, i)
-	cache[i] = hops
 	return hops
 }
 
 // sameUnicast reports whether two tables route every peer the same way.
 func (rt *routeTable) sameUnicast(other *routeTable) bool {
-	if other == nil || len(rt.g.names) != len(other.g.names) {
+	if other == nil || !slices.Equal(rt.names, other.names) {
 		return false
 	}
-	for i, n := range rt.g.names {
-		if other.g.names[i] != n {
-			return false
-		}
-		a, b := rt.unicast[i], other.unicast[i]
-		if (a < 0) != (b < 0) || (a >= 0 && rt.g.names[a] != other.g.names[b]) {
-			return false
-		}
-		a, b = rt.unicastAll[i], other.unicastAll[i]
-		if (a < 0) != (b < 0) || (a >= 0 && rt.g.names[a] != other.g.names[b]) {
-			return false
-		}
-	}
-	return true
+	return slices.Equal(rt.unicast, other.unicast) && slices.Equal(rt.unicastAll, other.unicastAll)
 }
 
 // Routes answers where to send messages: the next hop towards a peer, and
 // the neighbours to pass a broadcast to. It is recomputed from the topology
 // at most once per burst of changes and may be read from any goroutine.
 type Routes struct {
+	// peers holds the topology the routes are computed from.
+	peers *Peers
 	table atomic.Pointer[routeTable]
 
 	// calcMu serializes recomputations; reported is the table the last
@@ -235,9 +136,9 @@ type Routes struct {
 	onChange []func()
 }
 
-func newRoutes(t *topology) *Routes {
-	r := &Routes{}
-	rt := newRouteTable(buildGraph(t))
+func newRoutes(peers *Peers) *Routes {
+	r := &Routes{peers: peers}
+	rt := newRouteTable(peers.topo)
 	r.table.Store(rt)
 	r.reported = rt
 	return r
@@ -250,8 +151,8 @@ func (r *Routes) update(t *topology) *routeTable {
 	r.calcMu.Lock()
 	defer r.calcMu.Unlock()
 	rt := r.table.Load()
-	if rt.g.gen != t.gen {
-		rt = newRouteTable(buildGraph(t))
+	if rt.gen != t.gen {
+		rt = newRouteTable(t)
 		r.table.Store(rt)
 	}
 	return rt
@@ -260,7 +161,7 @@ func (r *Routes) update(t *topology) *routeTable {
 // stale reports whether the routes were computed from an older t. The
 // caller must keep t from changing meanwhile.
 func (r *Routes) stale(t *topology) bool {
-	return r.table.Load().g.gen != t.gen
+	return r.table.Load().gen != t.gen
 }
 
 // recalculate makes the routes current with t and reports whether unicast
@@ -308,16 +209,57 @@ func (r *Routes) UnicastAll(name PeerName) (PeerName, bool) {
 }
 
 // Broadcast returns the neighbours to which a broadcast originated by name
-// is passed on, over established connections.
+// is passed on, over established connections: our children in the
+// breadth-first tree rooted at name, in the current topology.
 func (r *Routes) Broadcast(name PeerName) []PeerName {
-	rt := r.table.Load()
-	return rt.tree(rt.broadcast, rt.g.sym, name)
+	return r.broadcastTree(false, name)
 }
 
 // BroadcastAll is like Broadcast but over every reported connection.
 func (r *Routes) BroadcastAll(name PeerName) []PeerName {
-	rt := r.table.Load()
-	return rt.tree(rt.broadcastAll, rt.g.all, name)
+	return r.broadcastTree(true, name)
+}
+
+// broadcastTree returns our children in name's broadcast tree of the
+// current topology, bringing the routes up to date first if they lag
+// behind it: peers whose views agree then agree on the tree, and each
+// gets a broadcast once.
+func (r *Routes) broadcastTree(all bool, name PeerName) []PeerName {
+	if rt := r.table.Load(); rt.gen == r.peers.topo.published.Load() {
+		if hops, ok := rt.cachedTree(all, name); ok {
+			return hops
+		}
+	}
+	r.peers.mu.RLock()
+	defer r.peers.mu.RUnlock()
+	return r.update(r.peers.topo).tree(r.peers.topo, all, name)
+}
+
+// broadcastTrees returns every peer's broadcast tree over every reported
+// connection, keyed by originator, if that costs at most budget steps
+// (peers times peers and connections); else only those computed already,
+// and partial is set.
+func (r *Routes) broadcastTrees(budget int) (trees map[PeerName][]PeerName, partial bool) {
+	r.peers.mu.RLock()
+	defer r.peers.mu.RUnlock()
+	t := r.peers.topo
+	rt := r.update(t)
+	n := len(rt.names)
+	trees = make(map[PeerName][]PeerName)
+	if n*(n+t.graph.edges) > budget {
+		rt.mu.Lock()
+		defer rt.mu.Unlock()
+		for name, hops := range rt.broadcastAll {
+			trees[name] = hops
+		}
+		return trees, true
+	}
+	for i, name := range rt.names {
+		if int32(i) != rt.us {
+			trees[name] = rt.tree(t, true, name)
+		}
+	}
+	return trees, false
 }
 
 // PeerNames returns the peers that can be reached, in name order.
@@ -326,7 +268,7 @@ func (r *Routes) PeerNames() []PeerName {
 	var out []PeerName
 	for i, h := range rt.unicastAll {
 		if h >= 0 {
-			out = append(out, rt.g.names[i])
+			out = append(out, rt.names[i])
 		}
 	}
 	return out
@@ -353,8 +295,8 @@ func (r *Routes) unicastTable(all bool) map[PeerName]PeerName {
 	}
 	out := make(map[PeerName]PeerName)
 	for i, h := range hops {
-		if h >= 0 && int32(i) != rt.g.us {
-			out[rt.g.names[i]] = rt.g.names[h]
+		if h >= 0 && int32(i) != rt.us {
+			out[rt.names[i]] = rt.names[h]
 		}
 	}
 	return out

@@ -3,6 +3,7 @@ package mesh
 import (
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -38,7 +39,7 @@ func line(n int) [][2]int {
 
 func TestUnicastRoutesOnLine(t *testing.T) {
 	tp := buildTopology(5, 0, line(5))
-	r := newRoutes(tp)
+	r := newRoutes(&Peers{topo: tp})
 	for dst := 1; dst < 5; dst++ {
 		hop, ok := r.Unicast(testPeerName(dst))
 		require.True(t, ok)
@@ -56,7 +57,7 @@ func TestUnicastNeedsBothEnds(t *testing.T) {
 	tp.setOurConnections([]connectionSummary{conn(1, true)})
 	// Peer 1 does not report the connection back yet.
 	tp.apply([]peerUpdate{update(1, 11, 1)})
-	r := newRoutes(tp)
+	r := newRoutes(&Peers{topo: tp})
 	_, ok := r.Unicast(testPeerName(1))
 	require.False(t, ok)
 	hop, ok := r.UnicastAll(testPeerName(1))
@@ -73,7 +74,7 @@ func TestRoutesDeterministicTieBreak(t *testing.T) {
 	// A square 0-1-3 and 0-2-3: two shortest paths to 3; the lower name wins.
 	edges := [][2]int{{0, 1}, {0, 2}, {1, 3}, {2, 3}}
 	for i := 0; i < 10; i++ {
-		r := newRoutes(buildTopology(4, 0, edges))
+		r := newRoutes(&Peers{topo: buildTopology(4, 0, edges)})
 		hop, ok := r.Unicast(testPeerName(3))
 		require.True(t, ok)
 		require.Equal(t, testPeerName(1), hop)
@@ -96,7 +97,7 @@ func TestBroadcastTreeDeliversOnce(t *testing.T) {
 		}
 		routes := make([]*Routes, n)
 		for i := range routes {
-			routes[i] = newRoutes(buildTopology(n, i, edges))
+			routes[i] = newRoutes(&Peers{topo: buildTopology(n, i, edges)})
 		}
 		for src := 0; src < n; src++ {
 			got := make([]int, n)
@@ -120,7 +121,7 @@ func TestBroadcastTreeDeliversOnce(t *testing.T) {
 
 func TestRouteOnChangeAndPeerNames(t *testing.T) {
 	tp := buildTopology(3, 0, line(3))
-	r := newRoutes(tp)
+	r := newRoutes(&Peers{topo: tp})
 	require.Equal(t, []PeerName{testPeerName(0), testPeerName(1), testPeerName(2)}, r.PeerNames())
 	fired := 0
 	r.OnChange(func() { fired++ })
@@ -144,26 +145,89 @@ func TestChooseSubset(t *testing.T) {
 	require.ElementsMatch(t, []PeerName{1, 3, 4, 5}, chooseSubset(cands, 10, 2, rnd))
 }
 
-func benchmarkRoutes(b *testing.B, n int) {
+// benchTopology returns a topology of n peers, each with about ten
+// connections: a line, and random connections.
+func benchTopology(n int) *topology {
 	rnd := rand.New(rand.NewPCG(5, 6))
 	edges := line(n)
-	for i := 0; i < 3*n; i++ {
+	for i := 0; i < 4*n; i++ {
 		a, c := rnd.IntN(n), rnd.IntN(n)
 		if a != c {
 			edges = append(edges, [2]int{a, c})
 		}
 	}
-	tp := buildTopology(n, 0, edges)
-	r := newRoutes(tp)
-	b.ReportAllocs()
-	for b.Loop() {
-		r.recalculate(tp)
+	return buildTopology(n, 0, edges)
+}
+
+// BenchmarkRouteRecalculate measures a route computation after a change:
+// unicast routes over mutual and over all connections (the broadcast
+// trees are computed when first used).
+func BenchmarkRouteRecalculate(b *testing.B) {
+	for _, n := range []int{100, 1000} {
+		b.Run(fmt.Sprint("peers=", n), func(b *testing.B) {
+			tp := benchTopology(n)
+			r := newRoutes(&Peers{topo: tp})
+			b.ReportAllocs()
+			for b.Loop() {
+				tp.gen++ // as after a change
+				r.recalculate(tp)
+			}
+		})
 	}
 }
 
-func BenchmarkRouteRecalculate(b *testing.B) {
+// BenchmarkBroadcastTree measures the computation of one originator's
+// broadcast tree.
+func BenchmarkBroadcastTree(b *testing.B) {
 	for _, n := range []int{100, 1000} {
-		b.Run(fmt.Sprint("peers=", n), func(b *testing.B) { benchmarkRoutes(b, n) })
+		b.Run(fmt.Sprint("peers=", n), func(b *testing.B) {
+			tp := benchTopology(n)
+			src := tp.graph.slots[testPeerName(n/2)]
+			b.ReportAllocs()
+			for b.Loop() {
+				tp.graph.children(src, tp.ourSlot(), false)
+			}
+		})
+	}
+}
+
+// BenchmarkTopologyMerge measures the merge of one peer's new entry (ten
+// connections) into a topology of n peers: decoding the message, merging
+// it, the graph update, and finding the neighbours to relay it to.
+func BenchmarkTopologyMerge(b *testing.B) {
+	for _, n := range []int{100, 1000} {
+		b.Run(fmt.Sprint("peers=", n), func(b *testing.B) {
+			tp := benchTopology(n)
+			p := tp.get(testPeerName(n / 2))
+			conns := slices.Clone(p.conns)
+			for len(conns) < 10 {
+				conns = append(conns, conn(len(conns)*7%n, true))
+			}
+			var neighbours []PeerName
+			for _, c := range tp.ourself().conns {
+				neighbours = append(neighbours, c.Name)
+			}
+			msgs := make([][]byte, 2)
+			version := p.Version
+			b.ReportAllocs()
+			for b.Loop() {
+				// Two versions in turn: one with the last connection,
+				// one without, so that the graph changes every time.
+				version++
+				u := peerUpdate{peerSummary: p.summary(), Connections: conns[:len(conns)-int(version%2)]}
+				u.Version = version
+				msgs[version%2] = appendTopology(msgs[version%2][:0], []peerUpdate{u})
+				updates, err := decodeTopology(msgs[version%2], tp.limits)
+				if err != nil {
+					b.Fatal(err)
+				}
+				res := tp.apply(updates)
+				if len(res.changed) != 1 {
+					b.Fatal("not merged")
+				}
+				tp.relayTargets(res.changed[0], neighbours[0], neighbours)
+			}
+		})
 	}
 }
 
@@ -245,7 +309,7 @@ func TestStaleEntriesReported(t *testing.T) {
 // still report the change to the loop's next recalculation, once.
 func TestRoutesUpdatedOnDemandStillReportChange(t *testing.T) {
 	tp := newTestTopology(0)
-	r := newRoutes(tp)
+	r := newRoutes(&Peers{topo: tp})
 	require.False(t, r.stale(tp))
 	tp.setOurConnections([]connectionSummary{conn(1, true)})
 	tp.apply([]peerUpdate{update(1, 11, 1, conn(0, true))})

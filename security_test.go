@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -342,7 +343,7 @@ func TestRouterClosesOnAbusiveMessages(t *testing.T) {
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			p, err := dialRaw(t, r.addr(), 2, nil, func(c *handshakeConfig) {
-				c.Features[featureTopologyDigest] = "1"
+				c.Features[featureTopologyDigest] = strconv.Itoa(ourDigestLevel)
 				c.Features[featureConnID] = fmt.Sprint(100 + i)
 			})
 			require.NoError(t, err)

@@ -65,7 +65,10 @@ type sendQueue struct {
 	// ownChanged asks for our own entry after a change of it (see
 	// pushOwnChange); our name in topo asks for it whole.
 	ownChanged bool
+	// digest asks for our digest to be sent, sync for it to be sent as a
+	// sync request (see digest.go).
 	digest     bool
+	sync       bool
 	gossip     map[gossipKey]GossipData
 	order      []gossipKey
 	closed     bool
@@ -179,11 +182,16 @@ func (q *sendQueue) pushPull(records []digestEntry) {
 	q.signal()
 }
 
-// pushTopologySync starts an exchange of topologies: our digest when the
-// remote understands digests, else the full topology.
+// pushTopologySync starts an exchange of topologies: a sync request when
+// the remote understands digests, else the full topology.
 func (q *sendQueue) pushTopologySync(digests bool) {
 	if digests {
-		q.pushDigest()
+		q.mu.Lock()
+		if !q.closed {
+			q.sync = true
+		}
+		q.mu.Unlock()
+		q.signal()
 	} else {
 		q.pushTopology(nil, true)
 	}
@@ -259,6 +267,7 @@ type sendBatch struct {
 	pull       []digestEntry
 	ownChanged bool
 	digest     bool
+	sync       bool
 	gossip     []GossipData
 	keys       []gossipKey
 }
@@ -293,6 +302,7 @@ func (q *sendQueue) take(b *sendBatch, withTopology bool) (hasTopology bool) {
 	hasTopology = q.topoFull || len(q.topo) > 0 || len(q.announce) > 0 || q.ownChanged
 	b.pull, q.pull = q.pull, nil
 	b.digest, q.digest = q.digest, false
+	b.sync, q.sync = q.sync, false
 	b.keys = b.keys[:0]
 	b.gossip = b.gossip[:0]
 	for _, k := range q.order {

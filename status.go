@@ -219,32 +219,12 @@ func unicastRouteStatuses(router *Router) []UnicastRouteStatus {
 // them when that costs at most statusBroadcastBudget, else those already
 // computed, and then partial is true.
 func broadcastRouteStatuses(router *Router) (out []BroadcastRouteStatus, partial bool) {
-	rt := router.Routes.table.Load()
-	g := rt.g
-	n, edges := len(g.names), 0
-	for _, adj := range g.all {
-		edges += len(adj)
-	}
-	hops := make(map[int32][]PeerName)
-	if n*(n+edges) <= statusBroadcastBudget {
-		for i, name := range g.names {
-			if int32(i) != g.us {
-				hops[int32(i)] = rt.tree(rt.broadcastAll, g.all, name)
-			}
-		}
-	} else {
-		partial = true
-		rt.mu.Lock()
-		for i, h := range rt.broadcastAll {
-			hops[i] = h
-		}
-		rt.mu.Unlock()
-	}
-	for i, via := range hops {
-		if i == g.us || len(via) == 0 {
+	hops, partial := router.Routes.broadcastTrees(statusBroadcastBudget)
+	for src, via := range hops {
+		if src == router.Ourself.Name || len(via) == 0 {
 			continue
 		}
-		br := BroadcastRouteStatus{Source: g.names[i].String(), Via: make([]string, len(via))}
+		br := BroadcastRouteStatus{Source: src.String(), Via: make([]string, len(via))}
 		for j, h := range via {
 			br.Via[j] = h.String()
 		}

@@ -243,7 +243,7 @@ func TestStatusBroadcastRoutes(t *testing.T) {
 		r, err := NewRouter(Config{}, testPeerName(2), "us", nil, nil)
 		require.NoError(t, err)
 		r.Peers.topo = buildTopology(n, 2, line(n))
-		r.Routes = newRoutes(r.Peers.topo)
+		r.Routes = newRoutes(r.Peers)
 		return r
 	}
 	via := func(i int) []string { return []string{testPeerName(i).String()} }

@@ -2,6 +2,7 @@ package mesh
 
 import (
 	"math"
+	"sync/atomic"
 
 	"github.com/google/btree"
 )
@@ -22,17 +23,21 @@ type topology struct {
 	byName map[PeerName]*Peer
 	// gen counts the changes of entries, so that a route table can tell
 	// whether it was computed from the current topology.
-	gen    uint64
-	limits topologyLimits
+	gen uint64
+	// published is gen, for readers that hold no lock (see Peers.view).
+	published atomic.Uint64
+	limits    topologyLimits
+
+	// graph holds the entries as a graph, for routes and reachability.
+	graph *peerGraph
 
 	// unreachableSince records when (in the caller's clock, nanoseconds) a
 	// peer was first seen unreachable; gc removes it after a grace period.
+	// The graph records the peers gc has seen reachable (linked). A peer
+	// learnt from gossip may stay unlinked for a while in a large mesh,
+	// until the updates that lead to it arrive: it gets a longer grace,
+	// and no tombstone.
 	unreachableSince map[PeerName]int64
-	// linked records the peers gc has seen reachable. A peer learnt from
-	// gossip may stay unlinked for a while in a large mesh, until the
-	// updates that lead to it arrive: it gets a longer grace, and no
-	// tombstone.
-	linked map[PeerName]struct{}
 	// tombstones remember the incarnation and version of peers removed as
 	// unreachable, so that stale copies still circulating in other peers'
 	// gossip are not learned again. Bounded: the oldest are forgotten first.
@@ -64,8 +69,8 @@ func newTopology(ourself *Peer, limits topologyLimits) *topology {
 		peers:            btree.NewG(16, peerLess),
 		byName:           make(map[PeerName]*Peer),
 		limits:           limits,
+		graph:            newPeerGraph(),
 		unreachableSince: make(map[PeerName]int64),
-		linked:           make(map[PeerName]struct{}),
 		tombstones:       make(map[PeerName]tombstone),
 	}
 	t.put(ourself)
@@ -76,14 +81,18 @@ func newTopology(ourself *Peer, limits topologyLimits) *topology {
 func (t *topology) put(p *Peer) {
 	t.peers.ReplaceOrInsert(p)
 	t.byName[p.Name] = p
+	t.graph.put(p)
 	t.gen++
+	t.published.Store(t.gen)
 }
 
 // remove deletes a peer's entry.
 func (t *topology) remove(p *Peer) {
 	t.peers.Delete(p)
 	delete(t.byName, p.Name)
+	t.graph.remove(p.Name)
 	t.gen++
+	t.published.Store(t.gen)
 }
 
 // get returns the peer with the given name, or nil.
@@ -220,6 +229,16 @@ func (t *topology) addPlaceholder(name PeerName) bool {
 	return true
 }
 
+// raiseAbove handles a record of our own name from a digest or an
+// announcement: one of another incarnation of ours, or above our version,
+// makes us raise our version above it. It reports whether it did.
+func (t *topology) raiseAbove(e digestEntry) bool {
+	if e.Name != t.ourName || (e.UID == t.ourUID && e.Version <= t.ourself().Version) {
+		return false
+	}
+	return t.bumpOurselfAbove(e.Version)
+}
+
 // bumpOurselfAbove raises our version above v, if it is not already.
 func (t *topology) bumpOurselfAbove(v uint64) bool {
 	old := t.ourself()
@@ -316,28 +335,8 @@ func adjacentPeers(a, b *Peer) bool {
 	return ab && ba
 }
 
-// reachable returns the set of peers reachable from us over every known
-// connection, as each peer reports its own connections.
-func (t *topology) reachable() map[PeerName]struct{} {
-	seen := make(map[PeerName]struct{}, t.peers.Len())
-	seen[t.ourName] = struct{}{}
-	queue := []PeerName{t.ourName}
-	for len(queue) > 0 {
-		p := t.get(queue[0])
-		queue = queue[1:]
-		if p == nil {
-			continue
-		}
-		for _, c := range p.conns {
-			if _, ok := seen[c.Name]; ok {
-				continue
-			}
-			seen[c.Name] = struct{}{}
-			queue = append(queue, c.Name)
-		}
-	}
-	return seen
-}
+// ourSlot returns our slot in the graph; we always have an entry.
+func (t *topology) ourSlot() int32 { return t.graph.slots[t.ourName] }
 
 // unlinkedGraceFactor is how many times longer than the grace period a
 // peer that was never reachable is kept.
@@ -349,29 +348,29 @@ const unlinkedGraceFactor = 30
 // reachable is kept unlinkedGraceFactor times longer, and is not
 // tombstoned when removed.
 func (t *topology) gc(now, grace int64) []*Peer {
-	reach := t.reachable()
-	var removed []*Peer
+	g := t.graph
+	hop := g.nextHops(t.ourSlot(), false)
 	var unreachable []*Peer
-	t.peers.Ascend(func(p *Peer) bool {
-		if _, ok := reach[p.Name]; ok {
-			t.linked[p.Name] = struct{}{}
+	for _, s := range g.order {
+		if hop[s] >= 0 {
+			g.linked[s] = true
 		} else {
-			unreachable = append(unreachable, p)
+			unreachable = append(unreachable, t.get(g.names[s]))
 		}
-		return true
-	})
+	}
 	for name := range t.unreachableSince {
-		if _, ok := reach[name]; ok {
+		if s, ok := g.slots[name]; !ok || !g.present[s] || hop[s] >= 0 {
 			delete(t.unreachableSince, name)
 		}
 	}
+	var removed []*Peer
 	for _, p := range unreachable {
 		since, ok := t.unreachableSince[p.Name]
 		if !ok {
 			t.unreachableSince[p.Name] = now
 			since = now
 		}
-		_, wasLinked := t.linked[p.Name]
+		wasLinked := g.linked[g.slots[p.Name]]
 		limit := grace
 		if !wasLinked {
 			limit = unlinkedGraceFactor * grace
@@ -379,7 +378,6 @@ func (t *topology) gc(now, grace int64) []*Peer {
 		if now-since >= limit {
 			t.remove(p)
 			delete(t.unreachableSince, p.Name)
-			delete(t.linked, p.Name)
 			if wasLinked && !p.isPlaceholder() {
 				t.addTombstone(p)
 			}

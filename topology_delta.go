@@ -7,7 +7,7 @@ import (
 )
 
 // Deltas of a peer's own entry: an extension between mesh peers that
-// understand them (feature featureTopologyDigest at level 3 or more).
+// understand them (feature featureTopologyDigest, see ourDigestLevel).
 //
 // A peer sends its own entry to each neighbour whenever one of its
 // connections changes, and the entry lists all its connections: in weave's
@@ -23,9 +23,6 @@ import (
 const (
 	// deltaChannel is the gossip channel name deltas travel under.
 	deltaChannel = "topology-delta"
-	// digestLevelDelta is the level of featureTopologyDigest from which a
-	// peer understands deltas.
-	digestLevelDelta = 3
 	// deltaFixedSize is the size of a delta before its connections: name,
 	// UID, from and to versions, short ID flag and value, and the counts of
 	// added and removed connections.

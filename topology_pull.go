@@ -3,7 +3,7 @@ package mesh
 import "time"
 
 // Topology announcements: an extension between mesh peers that understand
-// them (feature featureTopologyDigest at level 2 or more).
+// them (feature featureTopologyDigest, see ourDigestLevel).
 //
 // weave relays every changed topology entry whole to its neighbours, so in
 // a mesh where each peer has d neighbours, every peer receives each new
@@ -29,11 +29,11 @@ const (
 	// pullTimeout is how long a peer waits for an entry it asked one
 	// neighbour for before asking another that announces it.
 	pullTimeout = time.Second
-	// digestLevelAnnounce is the level of featureTopologyDigest from which
-	// a peer understands announcements and pulls.
-	digestLevelAnnounce = 2
-	// ourDigestLevel is the level of featureTopologyDigest we send.
-	ourDigestLevel = digestLevelDelta
+	// ourDigestLevel is the level of featureTopologyDigest we send. A
+	// peer that sends this level or a higher one understands digests
+	// answered by pulls, sync requests, announcements and deltas; with
+	// any other peer, topology goes whole, as with weave.
+	ourDigestLevel = 4
 )
 
 // pullCandidate is an announced entry newer than ours: what was announced,
@@ -177,14 +177,32 @@ func (router *Router) handleAnnounce(c *LocalConnection, payload []byte) error {
 	if err != nil {
 		return err
 	}
+	router.pullNewer(c, d)
+	return nil
+}
+
+// pullNewer asks neighbour c for the entries of records (announced or
+// from its digest) newer than ours, but those already asked of another
+// neighbour less than pullTimeout ago.
+// A record of our own name from another incarnation of ours, or above our
+// version, makes us raise our version above it, as an entry would.
+func (router *Router) pullNewer(c *LocalConnection, records []digestEntry) {
 	now := time.Now().UnixNano()
 	router.Peers.mu.Lock()
-	records := router.pulls.claim(router.Peers.topo.wanted(d), now, int64(pullTimeout))
-	router.Peers.mu.Unlock()
-	if len(records) > 0 {
-		c.q.pushPull(records)
+	bumped := false
+	for _, e := range records {
+		if e.Name == router.Ourself.Name && router.Peers.topo.raiseAbove(e) {
+			bumped = true
+		}
 	}
-	return nil
+	pull := router.pulls.claim(router.Peers.topo.wanted(records), now, int64(pullTimeout))
+	router.Peers.mu.Unlock()
+	if len(pull) > 0 {
+		c.q.pushPull(pull)
+	}
+	if bumped {
+		router.ourEntryRaised()
+	}
 }
 
 // handlePull answers neighbour c's request with the entries it asked for

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"runtime/pprof"
 	"strings"
 	"time"
 
@@ -341,6 +342,17 @@ func runChild(spec string) int {
 		fmt.Fprintln(os.Stderr, "meshbench child: raising the open file limit:", err)
 	}
 	harness.Log = func(format string, args ...any) { progress("  "+format, args...) }
+	// MESHBENCH_CPUPROFILE=prefix writes a CPU profile of each child run to
+	// prefix-<kind>-<n>.pprof, for finding where the time goes.
+	if prefix := os.Getenv("MESHBENCH_CPUPROFILE"); prefix != "" {
+		f, err := os.Create(fmt.Sprintf("%s-%s-%d.pprof", prefix, s.Kind, s.N))
+		if err == nil && pprof.StartCPUProfile(f) == nil {
+			defer func() {
+				pprof.StopCPUProfile()
+				f.Close()
+			}()
+		}
+	}
 	var out any
 	switch s.Kind {
 	case "idle":
