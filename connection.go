@@ -48,8 +48,10 @@ type LocalConnection struct {
 	// lastOwn is the version of our entry last sent on this connection
 	// (only the writer uses it).
 	lastOwn     *Peer
-	reader      *frameReader
-	writer      *frameWriter
+	reader *frameReader
+	writer *frameWriter
+	// overlayConn is set by the handshake, under errMu: shutdown, which
+	// Stop may call meanwhile, stops it.
 	overlayConn OverlayConnection
 	started     time.Time
 	// handshakeDone, if set, is called when the handshake ends (it frees
@@ -62,6 +64,7 @@ type LocalConnection struct {
 	closeOnce   sync.Once
 	errMu       sync.Mutex
 	err         error
+	closed      bool // guarded by errMu
 }
 
 var _ Connection = (*LocalConnection)(nil)
@@ -114,12 +117,14 @@ func (c *LocalConnection) shutdown(err error) {
 	c.closeOnce.Do(func() {
 		c.errMu.Lock()
 		c.err = err
+		c.closed = true
+		oc := c.overlayConn
 		c.errMu.Unlock()
 		close(c.done)
 		c.q.close()
 		abortConn(c.conn)
-		if c.overlayConn != nil {
-			c.overlayConn.Stop()
+		if oc != nil {
+			oc.Stop()
 		}
 	})
 }
@@ -250,7 +255,19 @@ func (c *LocalConnection) handshake() error {
 	if err != nil {
 		return err
 	}
-	c.overlayConn = oc
+	c.errMu.Lock()
+	closed := c.closed
+	if !closed {
+		c.overlayConn = oc
+	}
+	c.errMu.Unlock()
+	if closed {
+		oc.Stop()
+		if err := c.closeErr(); err != nil {
+			return err
+		}
+		return errConnClosed
+	}
 	c.started = time.Now()
 	return nil
 }

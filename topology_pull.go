@@ -53,15 +53,21 @@ func (t *topology) wanted(announced []digestEntry) []pullCandidate {
 		}
 		p := t.get(e.Name)
 		have := digestEntry{Name: e.Name}
-		if p != nil && !p.isPlaceholder() {
+		switch {
+		case p == nil:
+			if ts, ok := t.tombstones[e.Name]; ok && ts.uid == e.UID && e.Version <= ts.version {
+				continue // a stale copy of a peer we removed
+			}
+		case !p.isPlaceholder():
 			s := peerSummary{UID: e.UID, Version: e.Version}
 			if !s.newerThan(p) {
 				continue
 			}
 			have.UID, have.Version = p.UID, p.Version
-		} else if ts, ok := t.tombstones[e.Name]; ok && ts.uid == e.UID && e.Version <= ts.version {
-			continue // a stale copy of a peer we removed
 		}
+		// A placeholder means a peer we reach reports a connection to
+		// this one: its entry is wanted even if we removed it before, as
+		// apply takes it.
 		out = append(out, pullCandidate{announced: e, have: have})
 	}
 	return out

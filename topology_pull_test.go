@@ -36,6 +36,13 @@ func TestWantedKeepsOnlyNewerEntries(t *testing.T) {
 		require.Empty(t, tp.wanted([]digestEntry{rec(5, 55, 7)}))
 		require.Len(t, tp.wanted([]digestEntry{rec(5, 55, 8)}), 1, "a later version is news")
 		require.Len(t, tp.wanted([]digestEntry{rec(5, 56, 1)}), 1, "a new incarnation is news")
+		// Once a peer we reach reports a connection to it, it is back:
+		// its entry is wanted as it is, as apply would take it.
+		tp.apply([]peerUpdate{update(1, 11, 9, conn(5, true))})
+		require.True(t, tp.get(testPeerName(5)).isPlaceholder())
+		require.Len(t, tp.wanted([]digestEntry{rec(5, 55, 7)}), 1)
+		res := tp.apply([]peerUpdate{update(5, 55, 7)})
+		require.Equal(t, []PeerName{testPeerName(5)}, res.changed)
 	})
 }
 

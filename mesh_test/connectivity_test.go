@@ -150,7 +150,7 @@ func TestHubFailure(t *testing.T) {
 	// need not have connected to each other yet.
 	eventually(t, "routes everywhere", func() (bool, string) { return routesEverywhere(nodes) })
 
-	stopMemNode(nw, hub)
+	hub.router.Stop()
 	start := time.Now()
 	eventually(t, "the leaves connected without the hub", func() (bool, string) {
 		for _, leaf := range leaves {

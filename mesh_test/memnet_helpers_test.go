@@ -60,7 +60,6 @@ func startMemNode(t testing.TB, nw *memnet.Network, i int, o memOptions) *node {
 	t.Helper()
 	n := newMemNode(t, nw, i, o)
 	t.Cleanup(func() {
-		stallAll(nw)
 		n.router.Stop()
 	})
 	return n
@@ -95,26 +94,6 @@ func newMemNode(t testing.TB, nw *memnet.Network, i int, o memOptions) *node {
 	return &node{t: t, index: i, router: r, gossip: g, rec: rec}
 }
 
-// stallAll stalls every host, so that no handshake completes while the
-// routers stop at the end of a test (see stopMemNode).
-func stallAll(nw *memnet.Network) {
-	for _, h := range nw.Hosts() {
-		nw.Stall(h)
-	}
-}
-
-// stopMemNode stops a router while its host is stalled, so that none of
-// its handshakes completes during Stop: a handshake that ends while the
-// router stops races with it (LocalConnection.overlayConn is written by
-// the handshake and read by shutdown without synchronisation), which the
-// race detector reports. The other routers see the same closed
-// connections as with a plain Stop.
-func stopMemNode(nw *memnet.Network, n *node) {
-	host := memHost(n.index)
-	nw.Stall(host)
-	n.router.Stop()
-	nw.Unstall(host)
-}
 
 func startMemNodes(t testing.TB, nw *memnet.Network, count int, o memOptions) []*node {
 	nodes := make([]*node, count)

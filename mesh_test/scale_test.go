@@ -36,7 +36,6 @@ func testScale(t *testing.T, size int, limit time.Duration) {
 	o := memOptions{discovery: true, connLimit: 8, quiet: true}
 	nodes := make([]*node, size)
 	t.Cleanup(func() {
-		stallAll(nw)
 		var wg sync.WaitGroup
 		sem := make(chan struct{}, 16)
 		for _, n := range nodes {
