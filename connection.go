@@ -47,9 +47,9 @@ type LocalConnection struct {
 	digests bool
 	// lastOwn is the version of our entry last sent on this connection
 	// (only the writer uses it).
-	lastOwn     *Peer
-	reader *frameReader
-	writer *frameWriter
+	lastOwn *Peer
+	reader  *frameReader
+	writer  *frameWriter
 	// overlayConn is set by the handshake, under errMu: shutdown, which
 	// Stop may call meanwhile, stops it.
 	overlayConn OverlayConnection

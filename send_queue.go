@@ -67,11 +67,11 @@ type sendQueue struct {
 	ownChanged bool
 	// digest asks for our digest to be sent, sync for it to be sent as a
 	// sync request (see digest.go).
-	digest     bool
-	sync       bool
-	gossip     map[gossipKey]GossipData
-	order      []gossipKey
-	closed     bool
+	digest bool
+	sync   bool
+	gossip map[gossipKey]GossipData
+	order  []gossipKey
+	closed bool
 	// spaceWait is non-nil while a sender waits for room in buf; the
 	// writer closes it after taking what is queued.
 	spaceWait chan struct{}

@@ -94,7 +94,6 @@ func newMemNode(t testing.TB, nw *memnet.Network, i int, o memOptions) *node {
 	return &node{t: t, index: i, router: r, gossip: g, rec: rec}
 }
 
-
 func startMemNodes(t testing.TB, nw *memnet.Network, count int, o memOptions) []*node {
 	nodes := make([]*node, count)
 	for i := range nodes {
