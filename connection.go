@@ -21,11 +21,15 @@ import (
 // down, which happens once, for the first error either meets or when the
 // router stops.
 type LocalConnection struct {
-	router   *Router
-	conn     net.Conn
-	dc       *deadlineConn
-	br       *bufio.Reader
-	outbound bool
+	router *Router
+	conn   net.Conn
+	br     *bufio.Reader
+	// readTimeout bounds the arrival of each frame once the handshake is
+	// over; readArmed is when its deadline was last set (see
+	// armReadDeadline). Only the reading goroutine uses them.
+	readTimeout time.Duration
+	readArmed   time.Time
+	outbound    bool
 	// remoteTCPAddr is what our topology entry says about this connection:
 	// the dialled address when outbound, the remote's address (with its
 	// listening port when it told us) when inbound.
@@ -50,6 +54,8 @@ type LocalConnection struct {
 	lastOwn *Peer
 	reader  *frameReader
 	writer  *frameWriter
+	// first is a frame the handshake read (see handshakeResult.first).
+	first []byte
 	// overlayConn is set by the handshake, under errMu: shutdown, which
 	// Stop may call meanwhile, stops it.
 	overlayConn OverlayConnection
@@ -129,23 +135,21 @@ func (c *LocalConnection) shutdown(err error) {
 	})
 }
 
-// deadlineConn re-arms the read deadline before every read once the
-// handshake is over, so that a peer that sends nothing for the whole
-// timeout is dropped. During the handshake the handshake's own deadline
-// stands. Only the connection's reading goroutine uses it.
-type deadlineConn struct {
-	net.Conn
-	timeout time.Duration
-	armed   bool
-}
-
-func (d *deadlineConn) Read(p []byte) (int, error) {
-	if d.armed {
-		if err := d.Conn.SetReadDeadline(time.Now().Add(d.timeout)); err != nil {
-			return 0, err
-		}
+// armReadDeadline gives the next frame a deadline: it must arrive whole
+// within the read timeout (twice the heartbeat interval), so that a peer
+// that sends nothing, or trickles a frame a byte at a time, is dropped.
+// Setting a deadline costs a little, so while frames keep coming it is
+// moved at most four times per timeout: a frame then has at least three
+// quarters of the timeout to arrive.
+func (c *LocalConnection) armReadDeadline() {
+	now := time.Now()
+	if now.Sub(c.readArmed) < c.readTimeout/4 {
+		return
 	}
-	return d.Conn.Read(p)
+	c.readArmed = now
+	if err := c.conn.SetReadDeadline(now.Add(c.readTimeout)); err != nil {
+		c.shutdown(err)
+	}
 }
 
 // run is the connection's reading goroutine: handshake, registration with
@@ -161,7 +165,6 @@ func (c *LocalConnection) run() {
 		err = r.addConnection(c)
 		r.countRegistration(err)
 		if err == nil {
-			c.dc.armed = true
 			r.wg.Add(1)
 			go func() {
 				defer r.wg.Done()
@@ -226,7 +229,7 @@ func (c *LocalConnection) handshake() error {
 	if level, err := strconv.Atoi(res.Features[featureTopologyDigest]); err == nil {
 		c.digests = level >= ourDigestLevel
 	}
-	c.reader, c.writer = res.reader, res.writer
+	c.reader, c.writer, c.first = res.reader, res.writer, res.first
 	if remote.Name == r.Ourself.Name {
 		if remote.UID == r.Ourself.UID {
 			return ErrConnectToSelf
@@ -277,8 +280,15 @@ func (c *LocalConnection) handshake() error {
 const featureListenPort = "ListenPort"
 
 func (c *LocalConnection) readLoop() error {
-	r := c.router
+	if c.first != nil {
+		first := c.first
+		c.first = nil
+		if err := c.dispatch(first); err != nil {
+			return err
+		}
+	}
 	for {
+		c.armReadDeadline()
 		body, err := c.reader.readFrame()
 		if err != nil {
 			select {
@@ -288,25 +298,32 @@ func (c *LocalConnection) readLoop() error {
 			}
 			return err
 		}
-		if len(body) == 0 {
-			continue
-		}
-		r.metrics.frameReceived(body)
-		switch tag := body[0]; tag {
-		case tagHeartbeat:
-		case tagGossip, tagGossipUnicast, tagGossipBroadcast:
-			if err := r.handleGossip(c, body); err != nil {
-				return err
-			}
-		case 1, 2, 3, tagOverlayControl:
-			if c.overlayConn != nil {
-				msg := append([]byte(nil), body[1:]...)
-				c.overlayConn.ControlMessage(tag, msg)
-			}
-		default:
-			r.logOnce("tag", fmt.Sprintf("%s: ignoring unknown protocol tag: %d", c, tag), c)
+		if err := c.dispatch(body); err != nil {
+			return err
 		}
 	}
+}
+
+// dispatch handles one frame received.
+func (c *LocalConnection) dispatch(body []byte) error {
+	if len(body) == 0 {
+		return nil
+	}
+	r := c.router
+	r.metrics.frameReceived(body)
+	switch tag := body[0]; tag {
+	case tagHeartbeat:
+	case tagGossip, tagGossipUnicast, tagGossipBroadcast:
+		return r.handleGossip(c, body)
+	case 1, 2, 3, tagOverlayControl:
+		if c.overlayConn != nil {
+			msg := append([]byte(nil), body[1:]...)
+			c.overlayConn.ControlMessage(tag, msg)
+		}
+	default:
+		r.logOnce("tag", fmt.Sprintf("%s: ignoring unknown protocol tag: %d", c, tag), c)
+	}
+	return nil
 }
 
 func (c *LocalConnection) closeErr() error {

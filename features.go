@@ -8,6 +8,8 @@ import (
 	"maps"
 	"slices"
 	"strconv"
+
+	"golang.org/x/crypto/nacl/secretbox"
 )
 
 // The features map is the first thing each side sends after the
@@ -40,6 +42,10 @@ const (
 	// Type id, singleton delta and count, then each key and value with a
 	// length of at most three bytes.
 	maxFeaturesValueLen = 16 + maxFeatures*2*(3+maxFeatureLen)
+	// maxFeaturesFrame bounds a version 2 features frame: the two gob
+	// messages of the largest features map, with their byte counts, and
+	// the seal.
+	maxFeaturesFrame = 2*9 + maxFeaturesDefLen + maxFeaturesValueLen + secretbox.Overhead
 )
 
 // peerShortIDBits is the width of a ShortID in the features.

@@ -62,6 +62,10 @@ type handshakeResult struct {
 	Encrypted bool              // frames are sealed with the session key
 	reader    *frameReader      // reads the remote's frames from the caller's bufio.Reader
 	writer    *frameWriter      // produces our frames, continuing after the features
+	// first is, on an encrypted version 1 connection, the remote's first
+	// frame, read and opened by the handshake: the caller handles it
+	// before reading further.
+	first []byte
 }
 
 // doHandshake runs the whole handshake on conn, reading through br, which
@@ -204,9 +208,40 @@ func (h *handshake) run() (*handshakeResult, error) {
 		}
 	}
 	if version == 1 {
-		return h.finishV1()
+		res, err := h.finishV1()
+		if err == nil && res.Encrypted {
+			err = h.authenticateV1(res)
+		}
+		return res, err
 	}
 	return h.finishV2()
+}
+
+// authenticateV1 proves an encrypted version 1 connection before it is
+// used. Version 1 exchanges features in clear, so at its end nothing shows
+// that the remote has the password: whoever connects could take a peer's
+// name, and the place of that peer's connection. Each end therefore sends
+// a sealed heartbeat at once and reads the remote's first sealed frame
+// within the handshake deadline; only a frame that opens with the session
+// key completes the handshake. weave sends its first frames (topology,
+// heartbeats) as soon as its handshake ends, so it passes without knowing.
+func (h *handshake) authenticateV1(res *handshakeResult) error {
+	out, err := res.writer.appendFrame(nil, []byte{tagHeartbeat})
+	if err != nil {
+		return err
+	}
+	if err := h.w.send(out); err != nil {
+		return err
+	}
+	body, err := res.reader.readFrame()
+	if err != nil {
+		if errors.Is(err, ErrDecrypt) {
+			return err
+		}
+		return fmt.Errorf("mesh: failed to receive the remote's first sealed frame: %w", noEOF(err))
+	}
+	res.first = append([]byte(nil), body...)
+	return nil
 }
 
 // versionRange returns our version range, with defaults applied.
@@ -320,7 +355,10 @@ func (h *handshake) finishV2() (*handshakeResult, error) {
 		return nil, fmt.Errorf("%w: Bad encryption flag %d", ErrBadEncryptionFlag, flag)
 	}
 
-	reader := newFrameReader(h.br, 2, key, !h.cfg.Outbound, h.maxFrame)
+	// The features frame is read before the remote has shown it knows the
+	// password (it is the first sealed frame): it may be no larger than
+	// the largest features map.
+	reader := newFrameReader(h.br, 2, key, !h.cfg.Outbound, min(h.maxFrame, maxFeaturesFrame))
 	body, err := reader.readFrame()
 	if err != nil {
 		if errors.Is(err, ErrDecrypt) {
@@ -332,6 +370,7 @@ func (h *handshake) finishV2() (*handshakeResult, error) {
 	if err != nil {
 		return nil, featuresError(err)
 	}
+	reader.maxFrame = h.maxFrame
 	return &handshakeResult{
 		Version:   2,
 		Features:  features,

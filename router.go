@@ -479,12 +479,11 @@ func (router *Router) startConnection(conn net.Conn, outbound bool, addr string,
 }
 
 func (router *Router) newConnection(conn net.Conn, outbound bool, addr string, t *target) *LocalConnection {
-	dc := &deadlineConn{Conn: conn, timeout: 2 * router.heartbeatInterval}
 	c := &LocalConnection{
 		router:        router,
 		conn:          conn,
-		dc:            dc,
-		br:            bufio.NewReaderSize(dc, readBufferSize),
+		br:            bufio.NewReaderSize(conn, readBufferSize),
+		readTimeout:   2 * router.heartbeatInterval,
 		outbound:      outbound,
 		remoteTCPAddr: addr,
 		target:        t,

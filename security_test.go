@@ -339,6 +339,8 @@ func TestRouterClosesOnAbusiveMessages(t *testing.T) {
 			append(appendGobUint(nil, 1<<48), appendGobBytes(nil, []byte("x"))...)...), "wider than 6 bytes"},
 		{"trailing bytes", append(gossipBody(tagGossipBroadcast, "vec", src, 0, []byte("x")), 0), "after the gossip message"},
 		{"digest", gossipBody(tagGossip, digestChannel, src, 0, make([]byte, digestRecordSize+1)), "topology digest of"},
+		{"delta of another peer", gossipBody(tagGossip, deltaChannel, src, 0,
+			appendDelta(nil, &entryDelta{Name: testPeerName(77), UID: 1, From: 1, To: 2})), "topology delta of"},
 	}
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -575,20 +577,105 @@ func TestSealedFramesReplayAndReorder(t *testing.T) {
 }
 
 // TestV1WrongPasswordLogged connects in protocol version 1, whose features
-// travel in clear, with another password: the handshake completes and the
-// first sealed frame fails, which the router reports as a likely password
+// travel in clear, with another password: the handshake reads the first
+// sealed frame, which fails, and the router reports a likely password
 // mismatch.
 func TestV1WrongPasswordLogged(t *testing.T) {
 	requireLoopbackRange(t)
 	checkGoroutines(t)
 	r := startSecRouter(t, Config{Password: []byte("the password of the mesh itself")}, 1)
-	p, err := dialRaw(t, r.addr(), 2, []byte("another password, not the mesh's"), func(c *handshakeConfig) { c.MaxVersion = 1 })
-	require.NoError(t, err)
-	require.Equal(t, byte(1), p.res.Version)
-	require.NoError(t, p.send(t, []byte{tagHeartbeat}))
-	waitClosed(t, p.conn)
+	_, err := dialRaw(t, r.addr(), 2, []byte("another password, not the mesh's"), func(c *handshakeConfig) { c.MaxVersion = 1 })
+	require.ErrorIs(t, err, ErrDecrypt)
 	waitFor(t, "the log line", func() bool {
 		return len(r.log.matching("frame 0", "failed authentication", "most likely have different passwords")) == 1
 	})
 	require.Empty(t, r.g.snapshot())
+	require.Empty(t, r.Ourself.Connections(), "never registered")
+}
+
+// TestV1TakeoverWithoutPassword: in version 1 the features travel in
+// clear, so whoever connects can claim a member's name and echo our
+// connection ID, which would win the tie-break against the member's own
+// connection. Without the password it never gets that far: the handshake
+// needs a sealed frame that opens, and the member's connection stays.
+func TestV1TakeoverWithoutPassword(t *testing.T) {
+	requireLoopbackRange(t)
+	checkGoroutines(t)
+	pw := []byte("the password of the mesh itself")
+	r := startSecRouter(t, Config{Password: pw, HandshakeTimeout: time.Second}, 1)
+	member := startSecRouter(t, Config{Password: pw}, 2)
+	member.ConnectionMaker.InitiateConnections([]string{r.addr()}, false)
+	waitFor(t, "the member's connection", func() bool { return r.connectionTo(member.Ourself.Name) != nil })
+	real := r.connectionTo(member.Ourself.Name)
+
+	// The intruder speaks version 1 with the member's name, a made-up
+	// public key, and echoes the connection ID it reads from our features,
+	// then trickles bytes as a frame that never ends.
+	conn, err := net.Dial("tcp", r.addr())
+	require.NoError(t, err)
+	defer conn.Close()
+	br := bufio.NewReader(conn)
+	_, err = conn.Write([]byte{'w', 'e', 'a', 'v', 'e', 1, 1})
+	require.NoError(t, err)
+	var hdr [headerLen]byte
+	_, err = io.ReadFull(br, hdr[:])
+	require.NoError(t, err)
+	ours, err := readFeaturesV1(br)
+	require.NoError(t, err)
+	theirs := (&peerFeatures{Name: member.Ourself.Name, NickName: "intruder", UID: member.Ourself.UID}).featuresMap(nil)
+	theirs = v1Only(theirs, false)
+	theirs[featureConnID] = ours[featureConnID]
+	theirs[featurePublicKey] = strings.Repeat("ab", 32)
+	_, err = conn.Write(encodeFeatures(nil, theirs))
+	require.NoError(t, err)
+	// A gob message of 127 bytes, of which a few arrive.
+	for _, b := range []byte{0x7f, 0, 0, 0} {
+		_, err = conn.Write([]byte{b})
+		require.NoError(t, err)
+		time.Sleep(10 * time.Millisecond)
+	}
+	// The router gives up on the handshake and the member's connection
+	// is the one registered throughout.
+	waitClosed(t, conn)
+	require.Same(t, real, r.connectionTo(member.Ourself.Name))
+	require.Empty(t, r.g.snapshot())
+}
+
+// After the handshake too, a frame must arrive whole within the read
+// timeout (twice the heartbeat interval): a peer that trickles a frame a
+// byte at a time, each byte well within the timeout, is dropped.
+func TestTrickledFrameDropped(t *testing.T) {
+	requireLoopbackRange(t)
+	checkGoroutines(t)
+	r := startSecRouter(t, Config{HeartbeatInterval: 100 * time.Millisecond}, 1)
+	p, err := dialRaw(t, r.addr(), 2, nil, nil)
+	require.NoError(t, err)
+	waitFor(t, "the connection", func() bool { return r.connectionTo(p.name) != nil })
+	closed := make(chan struct{})
+	go func() {
+		defer close(closed)
+		_, _ = io.Copy(io.Discard, p.conn)
+	}()
+	// A frame of 1000 bytes, of which a byte arrives every 50 ms.
+	_, err = p.conn.Write([]byte{0, 0, 0x03, 0xe8})
+	require.NoError(t, err)
+	deadline := time.After(30 * time.Second)
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for sent := 0; ; sent++ {
+		select {
+		case <-closed:
+			require.Less(t, sent, 1000, "the frame was never complete")
+			waitFor(t, "the log line", func() bool {
+				return len(r.log.matching("connection shutting down", "timeout")) >= 1
+			})
+			return
+		case <-deadline:
+			p.conn.Close()
+			<-closed
+			t.Fatal("a trickled frame kept the connection open")
+		case <-tick.C:
+			_, _ = p.conn.Write([]byte{0})
+		}
+	}
 }

@@ -2,6 +2,7 @@ package mesh
 
 import (
 	"math"
+	"slices"
 	"sync/atomic"
 
 	"github.com/google/btree"
@@ -202,12 +203,14 @@ func (t *topology) apply(updates []peerUpdate) mergeResult {
 		} else if !u.newerThan(existing) {
 			continue
 		}
-		conns := make([]connectionSummary, len(u.Connections))
-		copy(conns, u.Connections)
+		conns := sortConnections(slices.Clone(u.Connections))
+		if t.limits.MaxConnections > 0 && len(conns) > t.limits.MaxConnections {
+			continue // decoders refuse these; nothing else may add one
+		}
 		p := &Peer{
 			Name: u.Name, NickName: u.NickName, UID: u.UID, Version: u.Version,
 			ShortID: u.ShortID, HasShortID: u.HasShortID,
-			conns: sortConnections(conns),
+			conns: conns,
 		}
 		t.put(p)
 		t.forgetTombstone(u.Name)

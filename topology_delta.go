@@ -169,6 +169,9 @@ const (
 	// deltaNoBase: our copy is not the version the delta starts from; the
 	// whole entry is needed.
 	deltaNoBase
+	// deltaTooLarge: the entry built would list more connections than a
+	// peer may report.
+	deltaTooLarge
 )
 
 // deltaUpdate builds the entry the delta makes of our copy of the peer.
@@ -183,26 +186,49 @@ func (t *topology) deltaUpdate(d *entryDelta) (peerUpdate, deltaResult) {
 	if p.Version != d.From {
 		return peerUpdate{}, deltaNoBase
 	}
+	// The connections kept: ours, but those removed or replaced. Both
+	// lists are walked in name order, so this is linear however large the
+	// entry and the delta.
+	gone := make([]PeerName, 0, len(d.Del)+len(d.Add))
+	gone = append(gone, d.Del...)
+	for _, a := range d.Add {
+		gone = append(gone, a.Name)
+	}
+	slices.Sort(gone)
 	conns := make([]connectionSummary, 0, len(p.conns)+len(d.Add))
+	k := 0
 	for _, c := range p.conns {
-		if !slices.Contains(d.Del, c.Name) && !slices.ContainsFunc(d.Add, func(a connectionSummary) bool { return a.Name == c.Name }) {
-			conns = append(conns, c)
+		for k < len(gone) && gone[k] < c.Name {
+			k++
 		}
+		if k < len(gone) && gone[k] == c.Name {
+			continue
+		}
+		conns = append(conns, c)
 	}
 	conns = append(conns, d.Add...)
+	conns = sortConnections(conns)
+	if t.limits.MaxConnections > 0 && len(conns) > t.limits.MaxConnections {
+		return peerUpdate{}, deltaTooLarge
+	}
 	u := peerUpdate{
 		peerSummary: peerSummary{Name: p.Name, NickName: p.NickName, UID: p.UID, Version: d.To, ShortID: d.ShortID, HasShortID: d.HasShortID},
-		Connections: sortConnections(conns),
+		Connections: conns,
 	}
 	return u, deltaApplies
 }
 
 // handleDelta merges a delta of neighbour c's own entry, or asks c for the
-// whole entry when our copy is not the delta's base.
+// whole entry when our copy is not the delta's base. A delta of another
+// peer's entry, or one that would make an entry larger than any peer may
+// report, breaks the protocol.
 func (router *Router) handleDelta(c *LocalConnection, payload []byte) error {
 	d, err := parseDelta(payload, router.limits)
 	if err != nil {
 		return err
+	}
+	if d.Name != c.remoteName {
+		return fmt.Errorf("%w: topology delta of %s from %s", ErrMalformed, d.Name, c.remoteName)
 	}
 	router.Peers.mu.RLock()
 	u, res := router.Peers.topo.deltaUpdate(&d)
@@ -212,6 +238,8 @@ func (router *Router) handleDelta(c *LocalConnection, payload []byte) error {
 	}
 	router.Peers.mu.RUnlock()
 	switch res {
+	case deltaTooLarge:
+		return fmt.Errorf("%w: topology delta makes %s list more than %d connections", ErrMalformed, d.Name, router.limits.MaxConnections)
 	case deltaApplies:
 		router.mergeUpdates(c, []peerUpdate{u})
 	case deltaNoBase:

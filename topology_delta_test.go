@@ -106,10 +106,52 @@ func FuzzParseDelta(f *testing.F) {
 		}
 		require.LessOrEqual(t, len(d.Add)+len(d.Del), limits.MaxConnections)
 		require.Equal(t, b, appendDelta(nil, &d), "a delta re-encodes to its bytes")
-		tp := newTestTopology(0)
-		tp.apply([]peerUpdate{update(1, d.UID, d.From)})
-		if u, res := tp.deltaUpdate(&d); res == deltaApplies {
-			tp.apply([]peerUpdate{u})
+		// Applied to an entry of a few connections, the result is the
+		// entry without the connections removed or replaced, plus those
+		// added, in name order, one per name, within the limit.
+		tp := newTopology(&Peer{Name: testPeerName(0), UID: 1000}, topologyLimits{MaxPeers: 1000, MaxConnections: 8})
+		base := []connectionSummary{conn(2, true), conn(3, false), conn(5, true), conn(7, true)}
+		tp.apply([]peerUpdate{update(1, d.UID, d.From, base...)})
+		want := map[PeerName]connectionSummary{}
+		for _, c := range base {
+			want[c.Name] = c
 		}
+		for _, n := range d.Del {
+			delete(want, n)
+		}
+		for i := len(d.Add) - 1; i >= 0; i-- { // the first of a name wins
+			want[d.Add[i].Name] = d.Add[i]
+		}
+		u, res := tp.deltaUpdate(&d)
+		if d.Name != testPeerName(1) || d.To <= d.From {
+			require.NotEqual(t, deltaApplies, res)
+			return
+		}
+		if len(want) > 8 {
+			require.Equal(t, deltaTooLarge, res)
+			return
+		}
+		require.Equal(t, deltaApplies, res)
+		require.Len(t, u.Connections, len(want))
+		for i, c := range u.Connections {
+			require.Equal(t, want[c.Name], c)
+			if i > 0 {
+				require.Less(t, u.Connections[i-1].Name, c.Name)
+			}
+		}
+		tp.apply([]peerUpdate{u})
 	})
+}
+
+// A delta cannot make an entry larger than a peer may report.
+func TestDeltaBoundedByMaxConnections(t *testing.T) {
+	tp := newTopology(&Peer{Name: testPeerName(0), UID: 1000}, topologyLimits{MaxPeers: 100, MaxConnections: 3})
+	tp.apply([]peerUpdate{update(1, 11, 1, conn(2, true), conn(3, true), conn(4, true))})
+	grow := entryDelta{Name: testPeerName(1), UID: 11, From: 1, To: 2, Add: []connectionSummary{conn(5, true)}}
+	_, res := tp.deltaUpdate(&grow)
+	require.Equal(t, deltaTooLarge, res)
+	swap := entryDelta{Name: testPeerName(1), UID: 11, From: 1, To: 2, Add: []connectionSummary{conn(5, true)}, Del: []PeerName{testPeerName(2)}}
+	u, res := tp.deltaUpdate(&swap)
+	require.Equal(t, deltaApplies, res)
+	require.Len(t, u.Connections, 3)
 }
