@@ -3,7 +3,6 @@ package mesh
 import (
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/netip"
 	"sync"
@@ -216,34 +215,9 @@ func (router *Router) admitConnection(conn net.Conn) (release func(), ok bool) {
 	release, err := router.acceptGuard.admit(key, time.Now())
 	if err != nil {
 		abortConn(conn)
-		router.logEvery("accept-refused\x00"+err.Error(),
+		router.logLimited(logKey{kind: "accept refused: " + err.Error()},
 			fmt.Sprintf("->[%s] connection refused before the handshake: %v (further refusals for this reason are not logged for a minute)", conn.RemoteAddr(), err), conn.RemoteAddr(), err)
 		return nil, false
 	}
 	return release, true
-}
-
-// logEvery logs msg unless a line under the same key was logged in the
-// last minute. Unlike logOnce, the key does not include the message, so
-// lines that differ only in details (a port, a count) are limited
-// together. about holds what the line is about, as for logAttrs; the
-// line has level Warn.
-func (router *Router) logEvery(key, msg string, about ...interface{}) {
-	lg := router.logger
-	if lg.l == nil {
-		return
-	}
-	key = "\x01" + key // apart from logOnce's keys
-	now := time.Now()
-	lg.mu.Lock()
-	if t, ok := lg.last[key]; ok && now.Sub(t) < repeatInterval {
-		lg.mu.Unlock()
-		return
-	}
-	if len(lg.last) >= maxRateLimitedLines {
-		clear(lg.last)
-	}
-	lg.last[key] = now
-	lg.mu.Unlock()
-	router.emit(slog.LevelWarn, msg, about)
 }

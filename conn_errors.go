@@ -7,10 +7,12 @@ import (
 
 // Connections that fail the same way again and again (a peer with another
 // password, one without encryption, one speaking only a protocol version we
-// do not, a name collision, a connection to ourselves, or anyone who
-// connects and says nothing) are logged once a minute per remote address
-// and kind of failure, so that a misconfigured or hostile peer cannot fill
-// the log. The connection maker backs off from such addresses on its own.
+// do not, a name collision, a connection to ourselves, anyone who connects
+// and says nothing, or a peer refused after its handshake because another
+// connection to it won or because of the connection limit) are logged once
+// a minute per remote address and kind of failure, so that a misconfigured
+// or hostile peer cannot fill the log. The connection maker backs off from
+// such addresses on its own.
 
 // peerErrorClasses are the failures logged at most once a minute per
 // remote address, with the name each is logged under.
@@ -28,6 +30,8 @@ var peerErrorClasses = []struct {
 	{ErrConnectToSelf, "self"},
 	{ErrFrameTooLarge, "frame-size"},
 	{ErrMalformed, "malformed"},
+	{ErrDuplicateConnection, "duplicate"},
+	{ErrConnLimit, "limit"},
 }
 
 // peerErrorClass returns the name of the class err belongs to, or "".
@@ -51,8 +55,9 @@ func (c *LocalConnection) remoteKey() string {
 }
 
 // logConnectionEnd logs why a connection ended. Failures of the handshake,
-// and of the classes above afterwards, are logged at most once a minute per
-// remote address and class; other ends of established connections always.
+// and of the classes above afterwards (refusals after the handshake
+// included), are logged at most once a minute per remote address and
+// class; other ends of established connections always.
 func (router *Router) logConnectionEnd(c *LocalConnection, err error) {
 	inHandshake := c.remoteName == UnknownPeerName
 	var line string
@@ -69,5 +74,5 @@ func (router *Router) logConnectionEnd(c *LocalConnection, err error) {
 	if class == "" {
 		class = "handshake"
 	}
-	router.logEvery("conn-error\x00"+c.remoteKey()+"\x00"+class, line, c, err)
+	router.logLimited(logKey{kind: "connection " + class, addr: c.remoteKey()}, line, c, err)
 }

@@ -56,6 +56,8 @@ type LocalConnection struct {
 	writer  *frameWriter
 	// first is a frame the handshake read (see handshakeResult.first).
 	first []byte
+	// rs is the reader's scratch space.
+	rs readScratch
 	// overlayConn is set by the handshake, under errMu: shutdown, which
 	// Stop may call meanwhile, stops it.
 	overlayConn OverlayConnection
@@ -407,6 +409,7 @@ func (c *LocalConnection) writeLoop() {
 	defer topoTimer.Stop()
 	var (
 		batch      sendBatch
+		enc        topoEncoder
 		out        []byte
 		scratch    []byte
 		lastTopo   time.Time
@@ -440,9 +443,9 @@ func (c *LocalConnection) writeLoop() {
 		case batch.sync:
 			// A sync request gets the remote's digest back: no need to
 			// send ours as well.
-			out, scratch, err = c.appendDigestFrames(out, scratch, syncChannel, r.Peers.encodeDigest())
+			out, scratch, err = c.appendDigestFrames(out, scratch, syncChannel, enc.digest(r.Peers))
 		case batch.digest:
-			out, scratch, err = c.appendDigestFrames(out, scratch, digestChannel, r.Peers.encodeDigest())
+			out, scratch, err = c.appendDigestFrames(out, scratch, digestChannel, enc.digest(r.Peers))
 		}
 		if batch.topoFull || len(batch.topo) > 0 || batch.ownChanged {
 			lastTopo = now
@@ -473,7 +476,7 @@ func (c *LocalConnection) writeLoop() {
 			}
 			var msgs [][]byte
 			if err == nil && (batch.topoFull || len(names) > 0) {
-				msgs = r.Peers.encodeTopology(names)
+				msgs = enc.topology(r.Peers, names)
 			}
 			for _, msg := range msgs {
 				m := gossipMessage{Tag: tagGossip, Channel: topologyChannel, Src: r.Ourself.Name, Payload: msg}
@@ -485,10 +488,10 @@ func (c *LocalConnection) writeLoop() {
 		}
 		if err == nil && len(batch.announce) > 0 {
 			lastTopo = now
-			out, scratch, err = c.appendDigestFrames(out, scratch, announceChannel, r.Peers.encodeAnnounce(batch.announce))
+			out, scratch, err = c.appendDigestFrames(out, scratch, announceChannel, enc.announce(r.Peers, batch.announce))
 		}
 		if err == nil && len(batch.pull) > 0 {
-			out, scratch, err = c.appendDigestFrames(out, scratch, pullChannel, digestMessages(batch.pull))
+			out, scratch, err = c.appendDigestFrames(out, scratch, pullChannel, enc.digestRecords(batch.pull))
 		}
 		for buf := batch.buf; err == nil && len(buf) >= 4; {
 			n := binary.BigEndian.Uint32(buf)
@@ -522,6 +525,7 @@ func (c *LocalConnection) writeLoop() {
 		putBuffer(batch.buf)
 		out, scratch, batch.buf = nil, nil, nil
 		batch.release()
+		enc.release()
 		if err != nil {
 			c.shutdown(err)
 			return

@@ -32,6 +32,21 @@ const (
 	maxDiscoveryDials = 4
 )
 
+// Target states, as TargetStatus.State reports them.
+const (
+	// TargetWaiting: the address is dialled at TryAfter (at once when
+	// TryAfter is zero); LastError says why the last attempt failed.
+	TargetWaiting = "waiting"
+	// TargetAttempting: a dial, or the handshake after it, is under way.
+	TargetAttempting = "attempting"
+	// TargetConnected: a connection made from this address is up.
+	TargetConnected = "connected"
+	// TargetFailed: the address led to this router itself or to a peer
+	// with its name; it is not dialled again (unless given again to
+	// InitiateConnections).
+	TargetFailed = "failed"
+)
+
 type targetState uint8
 
 const (
@@ -44,13 +59,13 @@ const (
 func (s targetState) String() string {
 	switch s {
 	case targetWaiting:
-		return "waiting"
+		return TargetWaiting
 	case targetAttempting:
-		return "attempting"
+		return TargetAttempting
 	case targetConnected:
-		return "connected"
+		return TargetConnected
 	}
-	return "failed"
+	return TargetFailed
 }
 
 // target is an address the connection maker keeps a connection to.
@@ -210,12 +225,25 @@ func (cm *ConnectionMaker) Targets(activeOnly bool) []string {
 
 // TargetStatus describes one address the connection maker works on.
 type TargetStatus struct {
-	Address   string
-	Direct    bool
-	State     string
-	Attempts  int
-	TryAfter  time.Time `json:",omitzero"`
-	LastError string    `json:",omitempty"`
+	// Address is the address dialled, "host:port".
+	Address string
+	// Direct is true for an address given to InitiateConnections (by the
+	// program), false for one found by peer discovery (see
+	// Config.PeerDiscovery). Only direct addresses are listed by Targets
+	// and Status.Targets; discovered ones are dropped once no longer
+	// needed.
+	Direct bool
+	// State is one of TargetWaiting, TargetAttempting, TargetConnected
+	// and TargetFailed.
+	State string
+	// Attempts counts the dials of the address since it was added or
+	// last stayed connected for a minute.
+	Attempts int
+	// TryAfter is when a waiting address is dialled next; zero when it
+	// is due at once, and in the other states.
+	TryAfter time.Time `json:",omitzero"`
+	// LastError is why the last attempt failed, if it did.
+	LastError string `json:",omitempty"`
 }
 
 // Status returns the state of every target, sorted by address.
@@ -348,10 +376,18 @@ func (cm *ConnectionMaker) dial(t *target) {
 	r := cm.router
 	conn, err := r.transport.DialContext(r.ctx, t.addr)
 	r.countDial(err)
+	key := logKey{kind: "dial", addr: t.addr}
 	if err != nil {
+		// The first failure is logged, then one a minute at most per
+		// address; not those caused by the router stopping.
+		if r.ctx.Err() == nil {
+			r.logLimited(key, fmt.Sprintf("->[%s] dial failed: %v", logAddr(t.addr), err), logAddr(t.addr), err)
+		}
 		cm.attemptEnded(t, time.Time{}, err)
 		return
 	}
+	// The next failure, if any, is logged at once.
+	r.logForget(key)
 	c := r.newConnection(conn, true, t.addr, t)
 	if c == nil {
 		cm.attemptEnded(t, time.Time{}, ErrStopped)

@@ -3,6 +3,7 @@ package mesh
 import (
 	"encoding/binary"
 	"fmt"
+	"slices"
 )
 
 // Topology digests: an extension between mesh peers, wire-compatible with
@@ -56,10 +57,18 @@ func appendDigest(dst []byte, entries []digestEntry) []byte {
 
 // parseDigest decodes a digest message.
 func parseDigest(b []byte) ([]digestEntry, error) {
+	return appendParsedDigest(nil, b)
+}
+
+// appendParsedDigest decodes a digest message, appending its records to
+// dst.
+func appendParsedDigest(dst []digestEntry, b []byte) ([]digestEntry, error) {
 	if len(b)%digestRecordSize != 0 || len(b)/digestRecordSize > maxDigestRecords {
-		return nil, fmt.Errorf("%w: topology digest of %d bytes", ErrMalformed, len(b))
+		return dst, fmt.Errorf("%w: topology digest of %d bytes", ErrMalformed, len(b))
 	}
-	out := make([]digestEntry, len(b)/digestRecordSize)
+	n := len(b) / digestRecordSize
+	grown := slices.Grow(dst, n)[:len(dst)+n]
+	out := grown[len(dst):]
 	for i := range out {
 		r := b[i*digestRecordSize:]
 		out[i] = digestEntry{
@@ -68,12 +77,17 @@ func parseDigest(b []byte) ([]digestEntry, error) {
 			Version: binary.BigEndian.Uint64(r[NameSize+8:]),
 		}
 	}
-	return out, nil
+	return grown, nil
 }
 
 // digest lists every known peer that is not a placeholder.
 func (t *topology) digest() []digestEntry {
-	out := make([]digestEntry, 0, t.len())
+	return t.appendDigest(make([]digestEntry, 0, t.len()))
+}
+
+// appendDigest appends the records of every known peer that is not a
+// placeholder.
+func (t *topology) appendDigest(out []digestEntry) []digestEntry {
 	t.ascend(func(p *Peer) bool {
 		if !p.isPlaceholder() {
 			out = append(out, digestEntry{Name: p.Name, UID: p.UID, Version: p.Version})
@@ -83,29 +97,10 @@ func (t *topology) digest() []digestEntry {
 	return out
 }
 
-// encodeDigest encodes our current digest as one or more messages.
-func (peers *Peers) encodeDigest() [][]byte {
-	peers.mu.RLock()
-	entries := peers.topo.digest()
-	peers.mu.RUnlock()
-	return digestMessages(entries)
-}
-
-// digestMessages encodes digest records as one or more messages.
-func digestMessages(entries []digestEntry) [][]byte {
-	var out [][]byte
-	for len(entries) > 0 {
-		n := min(len(entries), maxDigestRecords)
-		out = append(out, appendDigest(make([]byte, 0, n*digestRecordSize), entries[:n]))
-		entries = entries[n:]
-	}
-	return out
-}
-
 // handleDigest asks neighbour c for the entries of its digest that are
 // newer than ours, unless another neighbour is already sending them.
 func (router *Router) handleDigest(c *LocalConnection, payload []byte) error {
-	d, err := parseDigest(payload)
+	d, err := c.rs.parseDigest(payload)
 	if err != nil {
 		return err
 	}
@@ -116,7 +111,7 @@ func (router *Router) handleDigest(c *LocalConnection, payload []byte) error {
 // handleSync answers a sync request from neighbour c: like a digest, and
 // with our own digest, so that c asks us for what it lacks.
 func (router *Router) handleSync(c *LocalConnection, payload []byte) error {
-	d, err := parseDigest(payload)
+	d, err := c.rs.parseDigest(payload)
 	if err != nil {
 		return err
 	}

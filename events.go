@@ -72,7 +72,8 @@ func (e Event) String() string {
 	return e.Type.String()
 }
 
-// subscriberQueueLimit bounds the events waiting for one subscriber.
+// subscriberQueueLimit bounds the events waiting for one subscriber,
+// besides those of the initial snapshot not yet delivered.
 const subscriberQueueLimit = 1024
 
 // Subscribe calls fn for every change of membership (peers joining,
@@ -87,8 +88,9 @@ const subscriberQueueLimit = 1024
 //
 // fn runs on a goroutine of its own for each subscriber, one event at a
 // time, and must not block: events wait for it in a queue of bounded
-// length (1024), and when the queue is full further events are dropped
-// (and counted in Metrics.Drops.Events). Once fn has caught up it gets an
+// length (1024, plus the initial PeerJoined events until fn has been given
+// them), and when the queue is full further events are dropped (and
+// counted in Metrics.Drops.Events). Once fn has caught up it gets an
 // EventsDropped event, then the events that came after.
 //
 // After cancel returns no further call of fn starts; one in progress on
@@ -138,17 +140,33 @@ type subscription struct {
 	queue []Event
 	spare []Event
 	lost  uint64
+	// initial is the number of events of the initial snapshot still in
+	// queue: they do not count against subscriberQueueLimit, so that
+	// events published before the subscriber took them are not lost
+	// however many peers the snapshot holds.
+	initial int
 }
 
 func (h *eventHub) subscribe(router *Router, fn func(Event)) func() {
 	if fn == nil {
 		return func() {}
 	}
+	s := h.add(router, fn)
+	if s == nil {
+		return func() {}
+	}
+	s.start()
+	return s.cancel
+}
+
+// add registers a subscriber, its queue holding the initial snapshot;
+// start starts delivering. It returns nil after close.
+func (h *eventHub) add(router *Router, fn func(Event)) *subscription {
 	s := &subscription{fn: fn, hub: h, wake: make(chan struct{}, 1), done: make(chan struct{})}
 	h.mu.Lock()
+	defer h.mu.Unlock()
 	if h.closed {
-		h.mu.Unlock()
-		return func() {}
+		return nil
 	}
 	if h.view == nil {
 		h.view = make(map[PeerName]*viewEntry)
@@ -162,16 +180,20 @@ func (h *eventHub) subscribe(router *Router, fn func(Event)) func() {
 		s.queue = append(s.queue, Event{Type: PeerJoined, Peer: e.peer})
 	}
 	slices.SortFunc(s.queue, func(a, b Event) int { return cmp.Compare(a.Peer.Name, b.Peer.Name) })
+	s.initial = len(s.queue)
 	h.subs = append(h.subs, s)
 	h.active.Add(1)
-	h.wg.Add(1)
-	h.mu.Unlock()
+	h.wg.Add(1) // done by the goroutine start runs
+	return s
+}
+
+// start runs the subscriber's goroutine.
+func (s *subscription) start() {
 	go func() {
-		defer h.wg.Done()
+		defer s.hub.wg.Done()
 		s.run()
 	}()
 	s.signal()
-	return s.cancel
 }
 
 // snapshot lists the peers that events are about: all but ourselves and
@@ -278,7 +300,7 @@ func (s *subscription) signal() {
 // push queues events; those that do not fit are counted as lost.
 func (s *subscription) push(events []Event, m *routerMetrics) {
 	s.mu.Lock()
-	n := min(len(events), max(subscriberQueueLimit-len(s.queue), 0))
+	n := min(len(events), max(subscriberQueueLimit+s.initial-len(s.queue), 0))
 	s.queue = append(s.queue, events[:n]...)
 	if lost := uint64(len(events) - n); lost > 0 {
 		s.lost += lost
@@ -300,7 +322,7 @@ func (s *subscription) run() {
 		}
 		s.mu.Lock()
 		batch, lost := s.queue, s.lost
-		s.queue, s.lost = s.spare[:0], 0
+		s.queue, s.lost, s.initial = s.spare[:0], 0, 0
 		s.spare = nil
 		s.mu.Unlock()
 		for i := range batch {

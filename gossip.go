@@ -155,17 +155,22 @@ func (c *gossipChannel) run(stop <-chan struct{}) {
 	}
 }
 
+// handle passes a message to the Gossiper. Errors it returns are logged at
+// most once a minute per channel, source peer and kind of message, so that
+// a peer sending what the Gossiper rejects cannot fill the log.
 func (c *gossipChannel) handle(it *inboxItem) {
 	r := c.router
 	switch it.kind {
 	case inboxUnicast:
 		if err := c.gossiper.OnGossipUnicast(it.src, it.msg); err != nil {
-			r.logf("[gossip %s]: unicast from %s: %v", c.name, it.src, err)
+			r.logLimited(logKey{kind: "gossip unicast error", channel: c.name, peer: it.src},
+				fmt.Sprintf("[gossip %s]: unicast from %s: %v", c.name, it.src, err), err)
 		}
 	case inboxBroadcast:
 		data, err := c.gossiper.OnGossipBroadcast(it.src, it.msg)
 		if err != nil {
-			r.logf("[gossip %s]: broadcast from %s: %v", c.name, it.src, err)
+			r.logLimited(logKey{kind: "gossip broadcast error", channel: c.name, peer: it.src},
+				fmt.Sprintf("[gossip %s]: broadcast from %s: %v", c.name, it.src, err), err)
 			return
 		}
 		if data != nil {
@@ -174,7 +179,8 @@ func (c *gossipChannel) handle(it *inboxItem) {
 	case inboxGossip:
 		data, err := c.gossiper.OnGossip(it.msg)
 		if err != nil {
-			r.logf("[gossip %s]: gossip from %s: %v", c.name, it.src, err)
+			r.logLimited(logKey{kind: "gossip error", channel: c.name, peer: it.src},
+				fmt.Sprintf("[gossip %s]: gossip from %s: %v", c.name, it.src, err), err)
 			return
 		}
 		if data != nil {

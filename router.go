@@ -874,7 +874,7 @@ func (router *Router) handleGossip(c *LocalConnection, body []byte) error {
 		}
 		ch := router.channel(m.Channel)
 		if ch == nil {
-			router.logOnce("nochan", fmt.Sprintf("[gossip %s]: unicast from %s for a channel not registered here: dropped", m.Channel, m.Src))
+			router.logOnce("nochan", fmt.Sprintf("[gossip %s]: unicast from %s for a channel not registered here: dropped", m.Channel, m.Src), c)
 			return nil
 		}
 		ch.deliver(inboxUnicast, m.Src, clone(m.Payload))

@@ -3,6 +3,7 @@ package mesh
 import (
 	"encoding/binary"
 	"errors"
+	"slices"
 	"sync"
 )
 
@@ -57,10 +58,10 @@ type sendQueue struct {
 	count    int
 	limit    int
 	topoFull bool
-	topo     map[PeerName]struct{}
+	topo     nameSet
 	// announce holds the peers whose entries are to be announced (see
 	// topology_pull.go), pull the records of entries to ask for.
-	announce map[PeerName]struct{}
+	announce nameSet
 	pull     []digestEntry
 	// ownChanged asks for our own entry after a change of it (see
 	// pushOwnChange); our name in topo asks for it whole.
@@ -128,14 +129,9 @@ func (q *sendQueue) pushTopology(names []PeerName, full bool) {
 	}
 	if full {
 		q.topoFull = true
-		q.topo = nil
+		q.topo = nameSet{}
 	} else if !q.topoFull {
-		if q.topo == nil {
-			q.topo = make(map[PeerName]struct{}, len(names))
-		}
-		for _, n := range names {
-			q.topo[n] = struct{}{}
-		}
+		q.topo.add(names)
 	}
 	q.mu.Unlock()
 	q.signal()
@@ -160,12 +156,7 @@ func (q *sendQueue) pushAnnounce(names []PeerName) {
 		q.mu.Unlock()
 		return
 	}
-	if q.announce == nil {
-		q.announce = make(map[PeerName]struct{}, len(names))
-	}
-	for _, n := range names {
-		q.announce[n] = struct{}{}
-	}
+	q.announce.add(names)
 	q.mu.Unlock()
 	q.signal()
 }
@@ -236,6 +227,43 @@ func (q *sendQueue) pushGossip(key gossipKey, data GossipData) {
 	q.signal()
 }
 
+// nameSet is a set of peer names kept as a slice: names are appended, and
+// duplicates removed when it has grown to twice its size after the last
+// removal, and when it is taken. Cheaper than a map for the few names a
+// batch usually holds, and bounded to twice the number of distinct names.
+type nameSet struct {
+	names     []PeerName
+	compactAt int
+}
+
+func (s *nameSet) add(names []PeerName) {
+	s.names = append(s.names, names...)
+	if len(s.names) >= max(s.compactAt, smallBatch) {
+		s.compact()
+		s.compactAt = 2 * len(s.names)
+	}
+}
+
+func (s *nameSet) compact() {
+	slices.Sort(s.names)
+	s.names = slices.Compact(s.names)
+}
+
+// take appends the names, in order and without duplicates, to dst and
+// empties the set. A set a burst made large is dropped rather than kept
+// for the next batch: an idle connection should not hold it.
+func (s *nameSet) take(dst []PeerName) []PeerName {
+	s.compact()
+	dst = append(dst, s.names...)
+	if cap(s.names) > smallBatch {
+		s.names = nil
+	} else {
+		s.names = s.names[:0]
+	}
+	s.compactAt = 0
+	return dst
+}
+
 // smallBatch is the capacity of the lists of a batch kept between batches;
 // larger ones, left by a burst, are dropped (see release).
 const smallBatch = 64
@@ -285,21 +313,12 @@ func (q *sendQueue) take(b *sendBatch, withTopology bool) (hasTopology bool) {
 	b.ownChanged = false
 	if withTopology {
 		b.topoFull = q.topoFull
-		for n := range q.topo {
-			b.topo = append(b.topo, n)
-		}
 		q.topoFull = false
-		// The sets are dropped rather than cleared: after a burst of
-		// changes they are large, and an idle connection should not
-		// keep them.
-		q.topo = nil
-		for n := range q.announce {
-			b.announce = append(b.announce, n)
-		}
-		q.announce = nil
+		b.topo = q.topo.take(b.topo)
+		b.announce = q.announce.take(b.announce)
 		b.ownChanged, q.ownChanged = q.ownChanged, false
 	}
-	hasTopology = q.topoFull || len(q.topo) > 0 || len(q.announce) > 0 || q.ownChanged
+	hasTopology = q.topoFull || len(q.topo.names) > 0 || len(q.announce.names) > 0 || q.ownChanged
 	b.pull, q.pull = q.pull, nil
 	b.digest, q.digest = q.digest, false
 	b.sync, q.sync = q.sync, false
@@ -328,7 +347,8 @@ func (q *sendQueue) close() {
 	q.mu.Lock()
 	q.closed = true
 	q.buf = nil
-	q.topo = nil
+	q.topo = nameSet{}
+	q.announce = nameSet{}
 	q.gossip = nil
 	q.order = nil
 	if q.spaceWait != nil {

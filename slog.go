@@ -21,9 +21,10 @@ import (
 //   - "err": the error, for lines that report one.
 //
 // Lines that the router limits to one a minute for the same failure (a
-// peer that keeps failing its handshake, messages dropped for want of
-// room) have level Warn, so do the same accept errors; every other line
-// has level Info. The record's source is the router's code that logged it.
+// peer that keeps failing its handshake or is refused after it, a failed
+// dial, errors of a Gossiper, messages dropped for want of room, accept
+// errors) have level Warn; every other line has level Info. The record's
+// source is the router's code that logged it.
 //
 // Calls to Printf, by programs that share the Logger, log at Info with no
 // attributes. A nil l returns nil, which means silent.

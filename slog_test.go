@@ -96,7 +96,7 @@ func TestNewSlogLoggerNil(t *testing.T) {
 	require.NoError(t, err)
 	r.logf("nobody hears %s", "this")
 	r.logOnce("kind", "nor this")
-	r.logEvery("key", "nor this")
+	r.logLimited(logKey{kind: "key"}, "nor this")
 }
 
 func TestSlogPrintf(t *testing.T) {
@@ -215,8 +215,9 @@ func TestSlogRepeatedFailuresRateLimited(t *testing.T) {
 	}
 }
 
-// logOnce logs a line once a minute per kind and line; logEvery once a
-// minute per key. The memory of lines logged is bounded.
+// logOnce logs a line once a minute per kind and remote, whatever its
+// text; logLimited once a minute per key. The memory of lines logged is
+// bounded.
 func TestLogOnceRateLimit(t *testing.T) {
 	for _, structured := range []bool{true, false} {
 		t.Run(fmt.Sprint("structured=", structured), func(t *testing.T) {
@@ -239,23 +240,25 @@ func TestLogOnceRateLimit(t *testing.T) {
 					r.logOnce("drop", "->[10.0.0.1:6783] send queue full", addr)
 				}
 				require.Equal(t, 1, count("send queue full"))
-				r.logOnce("drop", "->[10.0.0.2:6783] send queue full")
-				r.logOnce("other", "->[10.0.0.1:6783] send queue full")
-				require.Equal(t, 3, count("send queue full"), "another line, another kind")
+				r.logOnce("drop", "->[10.0.0.1:6783] send queue full (again)", &net.TCPAddr{IP: addr.IP, Port: 40000})
+				require.Equal(t, 1, count("send queue full"), "the same kind and IP address, whatever the text and port")
+				r.logOnce("drop", "->[10.0.0.2:6783] send queue full", &net.TCPAddr{IP: net.IPv4(10, 0, 0, 2), Port: 6783})
+				r.logOnce("other", "->[10.0.0.1:6783] send queue full", addr)
+				require.Equal(t, 3, count("send queue full"), "another address, another kind")
 
 				for i := range 3 {
-					r.logEvery("peer-failing", fmt.Sprintf("attempt %d failed", i), addr)
+					r.logLimited(logKey{kind: "peer-failing"}, fmt.Sprintf("attempt %d failed", i), addr)
 				}
-				require.Equal(t, 1, count("failed"), "logEvery limits by key, whatever the line")
+				require.Equal(t, 1, count("failed"), "logLimited limits by key, whatever the line")
 
 				time.Sleep(repeatInterval - time.Millisecond)
 				r.logOnce("drop", "->[10.0.0.1:6783] send queue full", addr)
-				r.logEvery("peer-failing", "attempt 3 failed", addr)
+				r.logLimited(logKey{kind: "peer-failing"}, "attempt 3 failed", addr)
 				require.Equal(t, 3, count("send queue full"))
 				require.Equal(t, 1, count("failed"))
 				time.Sleep(time.Millisecond)
 				r.logOnce("drop", "->[10.0.0.1:6783] send queue full", addr)
-				r.logEvery("peer-failing", "attempt 4 failed", addr)
+				r.logLimited(logKey{kind: "peer-failing"}, "attempt 4 failed", addr)
 				require.Equal(t, 4, count("send queue full"), "a minute later")
 				require.Equal(t, 2, count("failed"))
 
@@ -267,12 +270,13 @@ func TestLogOnceRateLimit(t *testing.T) {
 				}
 
 				for i := range 3 * maxRateLimitedLines {
-					r.logOnce("many", fmt.Sprint("line ", i))
+					r.logOnce(fmt.Sprint("many", i%16), fmt.Sprint("line ", i), &net.TCPAddr{IP: net.IPv4(10, 1, byte(i>>8), byte(i))})
 				}
+				require.Equal(t, 16*maxLinesPerKind, count("line "), "each kind has room for so many addresses a minute")
 				r.logger.mu.Lock()
-				remembered := len(r.logger.last)
+				remembered := r.logger.limiter.len()
 				r.logger.mu.Unlock()
-				require.LessOrEqual(t, remembered, maxRateLimitedLines)
+				require.Equal(t, maxRateLimitedLines, remembered)
 			})
 		})
 	}

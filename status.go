@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"fmt"
 	"slices"
+	"strconv"
 	"time"
 )
 
@@ -37,6 +38,10 @@ type Status struct {
 
 	// UID identifies this incarnation of the router.
 	UID PeerUID
+	// UIDString is UID in decimal, as a JSON string: readers that hold
+	// JSON numbers as doubles, such as JavaScript, lose the precision of
+	// numbers beyond 2^53, which most UIDs are.
+	UIDString string
 	// ListenAddr is the address the router listens on.
 	ListenAddr string `json:",omitempty"`
 	// ConnLimit is the number of connections the router dials at most.
@@ -53,7 +58,8 @@ type Status struct {
 	TargetStates []TargetStatus
 }
 
-// PeerStatus describes a peer as the topology knows it.
+// PeerStatus describes a peer as the topology knows it. The fields up to
+// Connections are those of weave mesh.
 type PeerStatus struct {
 	Name        string
 	NickName    string
@@ -61,6 +67,9 @@ type PeerStatus struct {
 	ShortID     PeerShortID
 	Version     uint64
 	Connections []ConnectionStatus
+	// UIDString is UID in decimal, as a JSON string (see
+	// Status.UIDString).
+	UIDString string
 }
 
 // ConnectionStatus describes one connection a peer reports.
@@ -153,6 +162,7 @@ func NewStatus(router *Router) *Status {
 		Name:               router.Ourself.Name.String(),
 		NickName:           router.Ourself.NickName,
 		UID:                router.Ourself.UID,
+		UIDString:          strconv.FormatUint(uint64(router.Ourself.UID), 10),
 		Port:               router.Port,
 		ConnLimit:          router.ConnLimit,
 		OverlayDiagnostics: router.Overlay.Diagnostics(),
@@ -191,7 +201,8 @@ func peerStatuses(router *Router) []PeerStatus {
 	}
 	out := make([]PeerStatus, 0, len(peers))
 	for _, p := range peers {
-		ps := PeerStatus{Name: p.Name.String(), NickName: p.NickName, UID: p.UID, ShortID: p.ShortID, Version: p.Version}
+		ps := PeerStatus{Name: p.Name.String(), NickName: p.NickName, UID: p.UID, ShortID: p.ShortID, Version: p.Version,
+			UIDString: strconv.FormatUint(uint64(p.UID), 10)}
 		for _, c := range p.conns {
 			ps.Connections = append(ps.Connections, ConnectionStatus{
 				Name: c.Name.String(), NickName: nick[c.Name], Address: c.RemoteTCPAddr,
@@ -280,7 +291,7 @@ func localConnectionStatuses(router *Router, targets []TargetStatus) []LocalConn
 	for _, t := range targets {
 		ls := LocalConnectionStatus{Address: t.Address, Outbound: true, LastError: t.LastError, Attempts: t.Attempts, TryAfter: t.TryAfter}
 		switch t.State {
-		case targetAttempting.String():
+		case TargetAttempting:
 			if handshaking[t.Address] {
 				continue // listed above, as pending
 			}
@@ -288,12 +299,12 @@ func localConnectionStatuses(router *Router, targets []TargetStatus) []LocalConn
 			if t.LastError != "" {
 				ls.Info = "dialling again after " + t.LastError
 			}
-		case targetWaiting.String():
+		case TargetWaiting:
 			ls.State, ls.Info = ConnectionWaiting, "retry at "+t.TryAfter.Format("15:04:05.000")
 			if t.LastError != "" {
 				ls.Info = t.LastError + ", " + ls.Info
 			}
-		case targetGivenUp.String():
+		case TargetFailed:
 			ls.State, ls.Info = ConnectionFailed, t.LastError+", not retrying"
 		default: // connected: listed above
 			continue

@@ -46,7 +46,11 @@ type pullCandidate struct {
 
 // wanted returns the announced entries newer than ours.
 func (t *topology) wanted(announced []digestEntry) []pullCandidate {
-	var out []pullCandidate
+	return t.appendWanted(nil, announced)
+}
+
+// appendWanted appends the announced entries newer than ours to out.
+func (t *topology) appendWanted(out []pullCandidate, announced []digestEntry) []pullCandidate {
 	for _, e := range announced {
 		if e.Name == t.ourName || e.UID == 0 {
 			continue // our own entry is ours to announce
@@ -94,10 +98,14 @@ const maxPullsInFlight = 1 << 16
 // version or a later one, less than timeout ago, and records them as asked
 // for at now. It returns the records of the pull request to send.
 func (p *pullsInFlight) claim(cands []pullCandidate, now, timeout int64) []digestEntry {
+	return p.appendClaimed(nil, cands, now, timeout)
+}
+
+// appendClaimed is claim, appending the records to out.
+func (p *pullsInFlight) appendClaimed(out []digestEntry, cands []pullCandidate, now, timeout int64) []digestEntry {
 	if p.m == nil {
 		p.m = make(map[PeerName]pullRequest)
 	}
-	var out []digestEntry
 	for _, c := range cands {
 		a := c.announced
 		if r, ok := p.m[a.Name]; ok && now-r.at < timeout && !newerRecord(a, r.uid, r.version) {
@@ -162,24 +170,10 @@ func (t *topology) answerPull(records []digestEntry) []PeerName {
 	return out
 }
 
-// encodeAnnounce encodes the current records of names (those we know) as
-// announcement messages.
-func (peers *Peers) encodeAnnounce(names []PeerName) [][]byte {
-	entries := make([]digestEntry, 0, len(names))
-	peers.mu.RLock()
-	for _, n := range names {
-		if p := peers.topo.get(n); p != nil && !p.isPlaceholder() {
-			entries = append(entries, digestEntry{Name: p.Name, UID: p.UID, Version: p.Version})
-		}
-	}
-	peers.mu.RUnlock()
-	return digestMessages(entries)
-}
-
 // handleAnnounce asks neighbour c for the announced entries newer than
 // ours that no other neighbour is already sending us.
 func (router *Router) handleAnnounce(c *LocalConnection, payload []byte) error {
-	d, err := parseDigest(payload)
+	d, err := c.rs.parseDigest(payload)
 	if err != nil {
 		return err
 	}
@@ -201,20 +195,50 @@ func (router *Router) pullNewer(c *LocalConnection, records []digestEntry) {
 			bumped = true
 		}
 	}
-	pull := router.pulls.claim(router.Peers.topo.wanted(records), now, int64(pullTimeout))
+	c.rs.cands = router.Peers.topo.appendWanted(c.rs.cands[:0], records)
+	c.rs.pull = router.pulls.appendClaimed(c.rs.pull[:0], c.rs.cands, now, int64(pullTimeout))
 	router.Peers.mu.Unlock()
-	if len(pull) > 0 {
-		c.q.pushPull(pull)
+	if len(c.rs.pull) > 0 {
+		c.q.pushPull(c.rs.pull)
 	}
+	c.rs.release()
 	if bumped {
 		router.ourEntryRaised()
+	}
+}
+
+// readScratch holds the lists a connection's reader uses to handle
+// digests and announcements, kept from one message to the next.
+type readScratch struct {
+	records []digestEntry
+	cands   []pullCandidate
+	pull    []digestEntry
+}
+
+// parseDigest decodes a digest message into the scratch records.
+func (s *readScratch) parseDigest(b []byte) ([]digestEntry, error) {
+	var err error
+	s.records, err = appendParsedDigest(s.records[:0], b)
+	return s.records, err
+}
+
+// release drops the lists a large message made large.
+func (s *readScratch) release() {
+	if cap(s.records) > smallBatch*8 {
+		s.records = nil
+	}
+	if cap(s.cands) > smallBatch*8 {
+		s.cands = nil
+	}
+	if cap(s.pull) > smallBatch*8 {
+		s.pull = nil
 	}
 }
 
 // handlePull answers neighbour c's request with the entries it asked for
 // that are newer here.
 func (router *Router) handlePull(c *LocalConnection, payload []byte) error {
-	d, err := parseDigest(payload)
+	d, err := c.rs.parseDigest(payload)
 	if err != nil {
 		return err
 	}

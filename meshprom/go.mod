@@ -2,10 +2,13 @@ module github.com/gossip-mesh/mesh/meshprom
 
 go 1.25.0
 
+// Within the repository the library is the checkout beside this module.
+// Programs that require meshprom ignore this replace directive and get the
+// library version required below, or a later one.
 replace github.com/gossip-mesh/mesh => ../
 
 require (
-	github.com/gossip-mesh/mesh v0.0.0-00010101000000-000000000000
+	github.com/gossip-mesh/mesh v0.1.0
 	github.com/prometheus/client_golang v1.24.1
 	github.com/prometheus/client_model v0.6.3
 )

@@ -1,0 +1,96 @@
+package mesh
+
+// topoEncoder encodes the topology messages one connection's writer sends:
+// entries, digests, announcements and pulls. It keeps its buffers from one
+// batch to the next, so that a busy connection does not allocate for each
+// message; release drops those a burst made large. The messages a method
+// returns are valid until the next call. Not safe for concurrent use.
+type topoEncoder struct {
+	buf     []byte
+	ends    []int
+	msgs    [][]byte
+	updates []peerUpdate
+	records []digestEntry
+}
+
+// smallEncoderBuffer is the largest buffer a topoEncoder keeps across
+// release.
+const smallEncoderBuffer = 16 << 10
+
+// release drops the buffers a burst made large, so that an idle connection
+// does not keep them.
+func (e *topoEncoder) release() {
+	if cap(e.buf) > smallEncoderBuffer {
+		e.buf = nil
+	}
+	if cap(e.updates) > smallBatch {
+		e.updates = nil
+	}
+	if cap(e.records) > smallBatch*8 {
+		e.records = nil
+	}
+	if cap(e.ends) > smallBatch {
+		e.ends, e.msgs = nil, nil
+	}
+	clear(e.updates[:cap(e.updates)]) // no references to old entries
+}
+
+// messages returns the messages ending at e.ends in e.buf.
+func (e *topoEncoder) messages() [][]byte {
+	e.msgs = e.msgs[:0]
+	start := 0
+	for _, end := range e.ends {
+		e.msgs = append(e.msgs, e.buf[start:end:end])
+		start = end
+	}
+	return e.msgs
+}
+
+// topology encodes the current entries of names (every peer when nil) as
+// topology messages of at most maxPeersPerTopologyMessage entries.
+func (e *topoEncoder) topology(peers *Peers, names []PeerName) [][]byte {
+	peers.mu.RLock()
+	e.updates = peers.topo.updatesFor(names, e.updates[:0])
+	peers.mu.RUnlock()
+	e.buf, e.ends = e.buf[:0], e.ends[:0]
+	for u := e.updates; len(u) > 0; {
+		n := min(len(u), maxPeersPerTopologyMessage)
+		e.buf = appendTopology(e.buf, u[:n])
+		e.ends = append(e.ends, len(e.buf))
+		u = u[n:]
+	}
+	return e.messages()
+}
+
+// digest encodes our digest: every peer's record but placeholders'.
+func (e *topoEncoder) digest(peers *Peers) [][]byte {
+	peers.mu.RLock()
+	e.records = peers.topo.appendDigest(e.records[:0])
+	peers.mu.RUnlock()
+	return e.digestRecords(e.records)
+}
+
+// announce encodes the current records of names, those we know.
+func (e *topoEncoder) announce(peers *Peers, names []PeerName) [][]byte {
+	e.records = e.records[:0]
+	peers.mu.RLock()
+	for _, n := range names {
+		if p := peers.topo.get(n); p != nil && !p.isPlaceholder() {
+			e.records = append(e.records, digestEntry{Name: p.Name, UID: p.UID, Version: p.Version})
+		}
+	}
+	peers.mu.RUnlock()
+	return e.digestRecords(e.records)
+}
+
+// digestRecords encodes records as messages of at most maxDigestRecords.
+func (e *topoEncoder) digestRecords(records []digestEntry) [][]byte {
+	e.buf, e.ends = e.buf[:0], e.ends[:0]
+	for len(records) > 0 {
+		n := min(len(records), maxDigestRecords)
+		e.buf = appendDigest(e.buf, records[:n])
+		e.ends = append(e.ends, len(e.buf))
+		records = records[n:]
+	}
+	return e.messages()
+}
