@@ -289,7 +289,18 @@ func FuzzApplyTopology(f *testing.F) {
 		}
 		const ourUID = 42
 		topo := newTopology(&Peer{Name: testPeerName(1), UID: ourUID, Version: 10, HasShortID: true}, lim)
-		res := topo.apply(updates)
+		// apply takes the connection lists over: keep copies to check
+		// against, and to merge again.
+		cloneUpdates := func() []peerUpdate {
+			out := slices.Clone(updates)
+			for i := range out {
+				out[i].Connections = slices.Clone(out[i].Connections)
+			}
+			return out
+		}
+		original := cloneUpdates()
+		res := topo.apply(cloneUpdates())
+		updates = original
 		if topo.len() > maxPeers {
 			t.Fatalf("%d peers with a limit of %d", topo.len(), maxPeers)
 		}
@@ -331,7 +342,7 @@ func FuzzApplyTopology(f *testing.F) {
 			return true
 		})
 		// Merging the same update again changes nothing.
-		if again := topo.apply(updates); len(again.changed) > 0 || again.ourVersionBumped || again.placeholders > 0 {
+		if again := topo.apply(cloneUpdates()); len(again.changed) > 0 || again.ourVersionBumped || again.placeholders > 0 {
 			t.Fatalf("second merge changed %v (bumped %v, %d placeholders)", again.changed, again.ourVersionBumped, again.placeholders)
 		}
 		// The merged table encodes, decodes, routes and collects.

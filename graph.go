@@ -1,6 +1,25 @@
 package mesh
 
-import "slices"
+import (
+	"slices"
+	"sync"
+)
+
+// slotLists holds the int32 lists searches use, for reuse: route
+// computations run often while a large mesh changes, and searches may run
+// on several goroutines at once (under the topology's read lock).
+var slotLists = sync.Pool{New: func() any { return new([]int32) }}
+
+// getSlots returns a list of n slots from the pool; its contents are
+// undefined.
+func getSlots(n int) *[]int32 {
+	p := slotLists.Get().(*[]int32)
+	*p = slices.Grow((*p)[:0], n)[:n]
+	return p
+}
+
+// putSlots returns a list to the pool.
+func putSlots(p *[]int32) { slotLists.Put(p) }
 
 // peerGraph is the topology as a graph for route computation, kept up to
 // date as entries change, so that a route computation is a breadth-first
@@ -216,10 +235,15 @@ func (g *peerGraph) search(root int32, mutualOnly bool, parent []int32, queue []
 
 // nextHops returns, for every slot, the neighbour of root's on which a
 // shortest path from root to it starts (root for root, -1 when
-// unreachable).
-func (g *peerGraph) nextHops(root int32, mutualOnly bool) []int32 {
-	parent := make([]int32, len(g.names))
-	queue := g.search(root, mutualOnly, parent, make([]int32, 0, len(g.order)))
+// unreachable). The list comes from the pool: the caller may give it back
+// with putSlots once done with it.
+func (g *peerGraph) nextHops(root int32, mutualOnly bool) *[]int32 {
+	hops := getSlots(len(g.names))
+	parent := *hops
+	q := getSlots(0)
+	defer putSlots(q)
+	queue := g.search(root, mutualOnly, parent, *q)
+	*q = queue
 	// In search order, a peer's first hop is its parent's, except for
 	// root's neighbours, whose first hop is themselves.
 	for _, s := range queue[1:] {
@@ -229,7 +253,7 @@ func (g *peerGraph) nextHops(root int32, mutualOnly bool) []int32 {
 			parent[s] = parent[p]
 		}
 	}
-	return parent
+	return hops
 }
 
 // children returns the neighbours of us that are our children in the
@@ -246,8 +270,11 @@ func (g *peerGraph) children(src, us int32, mutualOnly bool) []PeerName {
 		}
 		return out
 	}
-	parent := make([]int32, len(g.names))
-	g.search(src, mutualOnly, parent, make([]int32, 0, len(g.order)))
+	p, q := getSlots(len(g.names)), getSlots(0)
+	defer putSlots(p)
+	defer putSlots(q)
+	parent := *p
+	*q = g.search(src, mutualOnly, parent, *q)
 	if parent[us] == -1 {
 		return nil
 	}

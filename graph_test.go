@@ -106,7 +106,7 @@ func checkGraph(t *testing.T, tp *topology) {
 				}
 			}
 		}
-		hop := g.nextHops(tp.ourSlot(), mutualOnly)
+		hop := *g.nextHops(tp.ourSlot(), mutualOnly)
 		for _, s := range g.order {
 			got, ok := PeerName(0), hop[s] >= 0
 			if ok {

@@ -39,7 +39,9 @@ func newRouteTable(t *topology) *routeTable {
 		broadcastAll: make(map[PeerName][]PeerName),
 	}
 	// index maps slots to positions in names.
-	index := make([]int32, len(g.names))
+	ip := getSlots(len(g.names))
+	defer putSlots(ip)
+	index := *ip
 	for i, s := range g.order {
 		rt.names[i] = g.names[s]
 		index[s] = int32(i)
@@ -51,14 +53,15 @@ func newRouteTable(t *topology) *routeTable {
 		mutualOnly bool
 		out        []int32
 	}{{true, rt.unicast}, {false, rt.unicastAll}} {
-		hop := g.nextHops(us, v.mutualOnly)
+		hops := g.nextHops(us, v.mutualOnly)
 		for i, s := range g.order {
-			if h := hop[s]; h >= 0 {
+			if h := (*hops)[s]; h >= 0 {
 				v.out[i] = index[h]
 			} else {
 				v.out[i] = -1
 			}
 		}
+		putSlots(hops)
 	}
 	return rt
 }

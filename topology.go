@@ -2,7 +2,6 @@ package mesh
 
 import (
 	"math"
-	"slices"
 	"sync/atomic"
 
 	"github.com/google/btree"
@@ -163,7 +162,8 @@ type mergeResult struct {
 	stale []PeerName
 }
 
-// apply merges an update received from another peer.
+// apply merges an update received from another peer. It takes the
+// Connections slices of updates over: they are sorted in place and kept.
 func (t *topology) apply(updates []peerUpdate) mergeResult {
 	var res mergeResult
 	for i := range updates {
@@ -203,7 +203,7 @@ func (t *topology) apply(updates []peerUpdate) mergeResult {
 		} else if !u.newerThan(existing) {
 			continue
 		}
-		conns := sortConnections(slices.Clone(u.Connections))
+		conns := sortConnections(u.Connections)
 		if t.limits.MaxConnections > 0 && len(conns) > t.limits.MaxConnections {
 			continue // decoders refuse these; nothing else may add one
 		}
@@ -352,7 +352,9 @@ const unlinkedGraceFactor = 30
 // tombstoned when removed.
 func (t *topology) gc(now, grace int64) []*Peer {
 	g := t.graph
-	hop := g.nextHops(t.ourSlot(), false)
+	hops := g.nextHops(t.ourSlot(), false)
+	defer putSlots(hops)
+	hop := *hops
 	var unreachable []*Peer
 	for _, s := range g.order {
 		if hop[s] >= 0 {
