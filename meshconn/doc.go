@@ -30,7 +30,8 @@
 //   - A datagram holds at most MaxDatagramSize bytes, and must also fit,
 //     with about 150 bytes of headers plus the channel name, in the
 //     Config.MaxFrameSize of every router on the way (10 MiB by default);
-//     a router drops a message too large for a frame.
+//     a router drops a message too large for a frame. A Peer discards a
+//     received message that is malformed or holds a larger datagram.
 //
 // The destination's PeerUID is not checked: a datagram goes to whichever
 // incarnation of the named peer is running. ReadFrom returns the sender's
@@ -55,6 +56,15 @@
 // the send queue towards the next hop is full may still be sent later. Close
 // unblocks every blocked ReadFrom and WriteTo, which then return an error
 // satisfying errors.Is(err, net.ErrClosed).
+//
+// # Goroutines
+//
+// As mesh.Gossip.GossipUnicast cannot be interrupted, WriteTo hands each
+// datagram to a sender goroutine that makes the call, and waits for it,
+// its deadline or Close. A Peer keeps the sender goroutines it starts for
+// the datagrams that follow, so that a steady flow of datagrams starts
+// none; a sender that has had no datagram for a second or two ends, and
+// all end at Close, once any call under way has returned.
 //
 // # Compatibility
 //

@@ -36,7 +36,7 @@ type node struct {
 	conn   *meshconn.Peer
 }
 
-func startNode(t *testing.T, i int, withConn bool) *node {
+func startNode(t testing.TB, i int, withConn bool) *node {
 	t.Helper()
 	name := mesh.PeerName(0x020000000000 + uint64(i))
 	r, err := mesh.NewRouter(mesh.Config{Host: "127.0.0.1", Port: 0}, name, fmt.Sprint("node", i), nil, testLogger{t})
@@ -67,7 +67,7 @@ func (n *node) connectTo(o *node) {
 }
 
 // eventually polls cond until it holds or the deadline passes.
-func eventually(t *testing.T, what string, cond func() bool) {
+func eventually(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	for start := time.Now(); !cond(); time.Sleep(10 * time.Millisecond) {
 		if time.Since(start) > deadline {
@@ -262,4 +262,32 @@ func TestNoRoute(t *testing.T) {
 	require.NoError(t, a.conn.SetReadDeadline(time.Now().Add(50*time.Millisecond)))
 	_, _, err = a.conn.ReadFrom(make([]byte, 8))
 	require.ErrorIs(t, err, os.ErrDeadlineExceeded)
+}
+
+// BenchmarkRouters measures one datagram written by a Peer and read by
+// another, between two routers connected over the loopback interface.
+func BenchmarkRouters(b *testing.B) {
+	x, y := startNode(b, 1, true), startNode(b, 2, true)
+	x.connectTo(y)
+	eventually(b, "routes between the two routers", func() bool {
+		_, xy := x.router.Routes.Unicast(y.router.Ourself.Name)
+		_, yx := y.router.Routes.Unicast(x.router.Ourself.Name)
+		return xy && yx
+	})
+	const size = 64
+	payload := make([]byte, size)
+	buf := make([]byte, size)
+	to := y.addr()
+	// A lost datagram fails the benchmark rather than hanging it.
+	require.NoError(b, y.conn.SetReadDeadline(time.Now().Add(10*deadline)))
+	b.SetBytes(size)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := x.conn.WriteTo(payload, to); err != nil {
+			b.Fatal(err)
+		}
+		if got, _, err := y.conn.ReadFrom(buf); err != nil || got != size {
+			b.Fatalf("read %d bytes, %v", got, err)
+		}
+	}
 }

@@ -16,7 +16,8 @@ import (
 const (
 	// MaxDatagramSize is the largest payload WriteTo sends: 8 MiB, which
 	// leaves room for headers in a frame of the default size. Larger
-	// datagrams are refused with ErrDatagramTooLarge.
+	// datagrams are refused with ErrDatagramTooLarge, and discarded when
+	// received.
 	MaxDatagramSize = 8 << 20
 	// ReceiveQueueLen is how many received datagrams wait for ReadFrom at
 	// most. Further datagrams are dropped until a reader makes room.
@@ -31,6 +32,13 @@ const (
 // send queue, so that a writer retrying after timeouts cannot pile up
 // goroutines and buffers.
 const maxPendingWrites = 64
+
+// maxSenders bounds the sender goroutines that wait for more datagrams to
+// send after one; a sender that waits in vain ends within two senderIdle.
+const (
+	maxSenders = maxPendingWrites
+	senderIdle = time.Second
+)
 
 // dropLogInterval is how often, at most, dropped datagrams are logged.
 const dropLogInterval = time.Minute
@@ -78,7 +86,15 @@ type Peer struct {
 	lastDropLog time.Time // guarded by pushMu
 	dropped     atomic.Uint64
 
+	// writeSlots bounds the GossipUnicast calls under way. sendq hands
+	// datagrams to idle senders; senders counts those that stay.
 	writeSlots    chan struct{}
+	sendq         chan *writeReq
+	senders       atomic.Int32
+	reqs          sync.Pool // of *writeReq
+	reapMu        sync.Mutex
+	reaper        *time.Timer // ends idle senders; guarded by reapMu
+	reaping       bool        // reaper is set; guarded by reapMu
 	readDeadline  *deadline
 	writeDeadline *deadline
 	closed        chan struct{}
@@ -104,6 +120,7 @@ func NewPeer(name mesh.PeerName, uid mesh.PeerUID, logger mesh.Logger) *Peer {
 		logger:        logger,
 		recv:          make(chan pkt, ReceiveQueueLen),
 		writeSlots:    make(chan struct{}, maxPendingWrites),
+		sendq:         make(chan *writeReq),
 		readDeadline:  newDeadline(),
 		writeDeadline: newDeadline(),
 		closed:        make(chan struct{}),
@@ -177,27 +194,28 @@ func (p *Peer) WriteTo(b []byte, dst net.Addr) (int, error) {
 	if isClosed(expired) {
 		return 0, os.ErrDeadlineExceeded
 	}
-	msg, err := (&pkt{SrcName: p.name, SrcUID: p.uid, Buf: b}).encode()
-	if err != nil {
-		return 0, err
-	}
+	msg := (&pkt{SrcName: p.name, SrcUID: p.uid, Buf: b}).encode()
 	select {
 	case p.writeSlots <- struct{}{}:
-	case <-p.closed:
-		return 0, ErrPeerClosed
-	case <-expired:
-		return 0, os.ErrDeadlineExceeded
+	default:
+		select {
+		case p.writeSlots <- struct{}{}:
+		case <-p.closed:
+			return 0, ErrPeerClosed
+		case <-expired:
+			return 0, os.ErrDeadlineExceeded
+		}
 	}
-	// GossipUnicast cannot be interrupted, so it runs on a goroutine of
-	// its own that keeps its slot until it returns.
-	done := make(chan error, 1)
-	go func() {
-		defer func() { <-p.writeSlots }()
-		done <- g.GossipUnicast(addr.PeerName, msg)
-	}()
+	// GossipUnicast cannot be interrupted, so a sender goroutine makes
+	// the call, keeping the slot until it returns, while we wait for it,
+	// the deadline or Close.
+	req := p.newWriteReq()
+	req.gossip, req.dst, req.msg = g, addr.PeerName, msg
+	p.handOff(req)
 	var gaveUp error
 	select {
-	case err := <-done:
+	case err := <-req.done:
+		p.recycle(req)
 		return sent(len(b), err)
 	case <-p.closed:
 		gaveUp = ErrPeerClosed
@@ -205,10 +223,129 @@ func (p *Peer) WriteTo(b []byte, dst net.Addr) (int, error) {
 		gaveUp = os.ErrDeadlineExceeded
 	}
 	select {
-	case err := <-done: // finished at the same moment: report it
+	case err := <-req.done: // finished at the same moment: report it
+		p.recycle(req)
 		return sent(len(b), err)
 	default:
+		// The sender still holds req and sends its result to no one;
+		// req is not reused.
 		return 0, gaveUp
+	}
+}
+
+// writeReq is one datagram handed to a sender goroutine. The writer
+// reuses it once it has received the result; done has room for the
+// result, so that a sender never waits for a writer that gave up.
+type writeReq struct {
+	gossip mesh.Gossip
+	dst    mesh.PeerName
+	msg    []byte
+	done   chan error
+}
+
+// newWriteReq returns a writeReq from the Peer's pool. Each Peer has a pool
+// of its own, so that the channels in it are used only by the goroutines
+// of the Peer's user (and of one synctest bubble, in tests).
+func (p *Peer) newWriteReq() *writeReq {
+	if r, ok := p.reqs.Get().(*writeReq); ok {
+		return r
+	}
+	return &writeReq{done: make(chan error, 1)}
+}
+
+// recycle returns req, whose result has been received, to the pool.
+func (p *Peer) recycle(req *writeReq) {
+	req.gossip, req.msg = nil, nil
+	p.reqs.Put(req)
+}
+
+// handOff gives req, whose writer holds a slot, to an idle sender, or else
+// to a new one. Up to maxSenders senders stay after their call, waiting
+// for more; those started beyond make one call only. Since a sender takes
+// only requests holding a slot, and the slots are at most
+// maxPendingWrites, there are at most maxSenders+maxPendingWrites senders.
+func (p *Peer) handOff(req *writeReq) {
+	select {
+	case p.sendq <- req:
+		return
+	default:
+	}
+	stay := p.senders.Add(1) <= maxSenders
+	if stay {
+		p.startReaper()
+	} else {
+		p.senders.Add(-1)
+	}
+	go p.sender(req, stay)
+}
+
+// sender makes the GossipUnicast call of req and, if it is to stay, those
+// of the requests it receives next, until the Peer is closed or it
+// receives a nil request, which the reaper sends to waiting senders every
+// senderIdle, without a datagram since the one before. A request belongs
+// to its writer again once the result is sent.
+func (p *Peer) sender(req *writeReq, stay bool) {
+	if stay {
+		defer p.senders.Add(-1)
+	}
+	busy := true // a datagram came since the last nil request
+	for {
+		if req == nil {
+			if !busy {
+				return
+			}
+			busy = false
+		} else {
+			err := req.gossip.GossipUnicast(req.dst, req.msg)
+			<-p.writeSlots
+			req.done <- err
+			if !stay {
+				return
+			}
+			busy = true
+		}
+		select {
+		case req = <-p.sendq:
+		case <-p.closed:
+			return
+		}
+	}
+}
+
+// startReaper starts the reaper unless it runs: a timer that, every
+// senderIdle, sends a nil request to each sender that waits for one, for
+// as long as senders stay.
+func (p *Peer) startReaper() {
+	p.reapMu.Lock()
+	defer p.reapMu.Unlock()
+	if p.reaping {
+		return
+	}
+	p.reaping = true
+	if p.reaper == nil {
+		p.reaper = time.AfterFunc(senderIdle, p.reap)
+	} else {
+		p.reaper.Reset(senderIdle)
+	}
+}
+
+// reap is the reaper's function.
+func (p *Peer) reap() {
+	p.reapMu.Lock()
+	defer p.reapMu.Unlock()
+	if !p.reaping {
+		return
+	}
+	for range p.senders.Load() {
+		select {
+		case p.sendq <- nil:
+		default:
+		}
+	}
+	if p.senders.Load() > 0 && !isClosed(p.closed) {
+		p.reaper.Reset(senderIdle)
+	} else {
+		p.reaping = false
 	}
 }
 
@@ -230,6 +367,13 @@ func (p *Peer) Close() error {
 		p.pushMu.Unlock()
 		p.readDeadline.stop()
 		p.writeDeadline.stop()
+		// The senders end on their own; the reaper is no longer needed.
+		p.reapMu.Lock()
+		if p.reaping {
+			p.reaper.Stop()
+			p.reaping = false
+		}
+		p.reapMu.Unlock()
 		for {
 			select {
 			case d := <-p.recv:

@@ -1,8 +1,6 @@
 package meshconn
 
 import (
-	"bytes"
-	"encoding/gob"
 	"errors"
 	"fmt"
 	"net"
@@ -22,22 +20,42 @@ const (
 )
 
 // fakeNet delivers unicasts between Peers directly, standing in for the
-// routers. A send blocks while the net is held.
+// routers. A send blocks while the net is held. When the test ends, the net
+// is released and the Peers are closed, which ends their sender
+// goroutines. The Peers are closed when
+// the test ends, which ends their sender goroutines.
 type fakeNet struct {
 	mu      sync.Mutex
 	peers   map[mesh.PeerName]*Peer
+	all     []*Peer       // every Peer joined
 	held    chan struct{} // when non-nil, sends wait until it is closed
 	calls   int           // sends begun
 	waiting int           // sends waiting on held
 }
 
-func newFakeNet() *fakeNet { return &fakeNet{peers: make(map[mesh.PeerName]*Peer)} }
+func newFakeNet(t testing.TB) *fakeNet {
+	n := &fakeNet{peers: make(map[mesh.PeerName]*Peer)}
+	t.Cleanup(func() {
+		n.mu.Lock()
+		all := n.all
+		if n.held != nil {
+			close(n.held)
+			n.held = nil
+		}
+		n.mu.Unlock()
+		for _, p := range all {
+			p.Close()
+		}
+	})
+	return n
+}
 
 // join creates a Peer named name, registered with the net.
 func (n *fakeNet) join(name mesh.PeerName, uid mesh.PeerUID) *Peer {
 	p := NewPeer(name, uid, nil)
 	n.mu.Lock()
 	n.peers[name] = p
+	n.all = append(n.all, p)
 	n.mu.Unlock()
 	p.Register(&fakeGossip{net: n, src: name})
 	return p
@@ -96,9 +114,7 @@ func (g *fakeGossip) GossipNeighbourSubset(mesh.GossipData) {}
 // datagram encodes a datagram as a peer named src would send it.
 func datagram(t testing.TB, src mesh.PeerName, payload []byte) []byte {
 	t.Helper()
-	msg, err := (&pkt{SrcName: src, SrcUID: 1, Buf: payload}).encode()
-	require.NoError(t, err)
-	return msg
+	return (&pkt{SrcName: src, SrcUID: 1, Buf: payload}).encode()
 }
 
 // requireTimeout checks that err is a deadline error as net.Conn reports
@@ -164,7 +180,7 @@ func TestMeshAddr(t *testing.T) {
 }
 
 func TestExchange(t *testing.T) {
-	n := newFakeNet()
+	n := newFakeNet(t)
 	a, b := n.join(nameA, 11), n.join(nameB, 22)
 	written, err := a.WriteTo([]byte("ping"), MeshAddr{PeerName: nameB})
 	require.NoError(t, err)
@@ -197,7 +213,7 @@ func TestExchange(t *testing.T) {
 }
 
 func TestShortRead(t *testing.T) {
-	n := newFakeNet()
+	n := newFakeNet(t)
 	a, b := n.join(nameA, 1), n.join(nameB, 2)
 	_, err := a.WriteTo([]byte("0123456789"), MeshAddr{PeerName: nameB})
 	require.NoError(t, err)
@@ -214,7 +230,7 @@ func TestShortRead(t *testing.T) {
 }
 
 func TestWriteToErrors(t *testing.T) {
-	n := newFakeNet()
+	n := newFakeNet(t)
 	a := n.join(nameA, 1)
 	n.join(nameB, 2)
 	unregistered := NewPeer(nameA, 1, nil)
@@ -249,7 +265,7 @@ func TestWriteToErrors(t *testing.T) {
 
 func TestReadDeadline(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		n := newFakeNet()
+		n := newFakeNet(t)
 		a, b := n.join(nameA, 1), n.join(nameB, 2)
 		buf := make([]byte, 16)
 
@@ -295,7 +311,7 @@ func TestReadDeadline(t *testing.T) {
 
 func TestWriteDeadline(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		n := newFakeNet()
+		n := newFakeNet(t)
 		a, b := n.join(nameA, 1), n.join(nameB, 2)
 		dst := MeshAddr{PeerName: nameB}
 
@@ -317,26 +333,127 @@ func TestWriteDeadline(t *testing.T) {
 		requireTimeout(t, r.err)
 		require.Zero(t, r.n)
 
-		// Once there is room, writing works again.
+		// Moved later while blocked: it holds until the new time.
+		require.NoError(t, a.SetWriteDeadline(time.Time{}))
+		w = writeAsync(a, []byte("held 2"), dst)
+		requireBlocked(t, w)
+		start := time.Now()
+		require.NoError(t, a.SetWriteDeadline(start.Add(time.Second)))
+		requireBlocked(t, w)
+		require.NoError(t, a.SetWriteDeadline(start.Add(3*time.Second)))
+		time.Sleep(2 * time.Second)
+		requireBlocked(t, w)
+		requireTimeout(t, (<-w).err)
+		require.Equal(t, 3*time.Second, time.Since(start))
+
+		// Cleared while blocked: the write waits for room.
+		require.NoError(t, a.SetWriteDeadline(time.Now().Add(time.Second)))
+		w = writeAsync(a, []byte("held 3"), dst)
+		requireBlocked(t, w)
+		require.NoError(t, a.SetWriteDeadline(time.Time{}))
+		time.Sleep(time.Hour)
+		requireBlocked(t, w)
 		n.release()
-		require.NoError(t, a.SetDeadline(time.Time{}))
+		r = <-w
+		require.NoError(t, r.err)
+		require.Equal(t, len("held 3"), r.n)
+
+		// Once there is room, writing works again.
 		_, err = a.WriteTo([]byte("after"), dst)
 		require.NoError(t, err)
 		buf := make([]byte, 16)
 		var got []string
-		for range 2 {
+		for range 4 {
 			m, _, err := b.ReadFrom(buf)
 			require.NoError(t, err)
 			got = append(got, string(buf[:m]))
 		}
-		// The datagram given up on was still sent once there was room.
-		require.ElementsMatch(t, []string{"held", "after"}, got)
+		// The datagrams given up on were still sent once there was room.
+		require.ElementsMatch(t, []string{"held", "held 2", "held 3", "after"}, got)
+	})
+}
+
+// TestSendersReused checks that WriteTo hands datagrams to sender
+// goroutines that stay, rather than starting one per datagram, and that
+// the senders end once idle or at Close.
+func TestSendersReused(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		n := newFakeNet(t)
+		a, b := n.join(nameA, 1), n.join(nameB, 2)
+		dst := MeshAddr{PeerName: nameB}
+		buf := make([]byte, 16)
+		exchange := func(count int) {
+			t.Helper()
+			for i := range count {
+				_, err := a.WriteTo(fmt.Appendf(nil, "%d", i), dst)
+				require.NoError(t, err)
+				m, _, err := b.ReadFrom(buf)
+				require.NoError(t, err)
+				require.Equal(t, fmt.Sprint(i), string(buf[:m]))
+			}
+		}
+		exchange(1000)
+		// One sender serves a writer that waits for each datagram; a
+		// second may start when a datagram comes before the first sender
+		// is back waiting. Senders that stay are counted, and none ended:
+		// time does not pass while the writer works.
+		require.LessOrEqual(t, a.senders.Load(), int32(4))
+		require.Positive(t, a.senders.Load())
+
+		// Senders end after at most two senderIdle without datagrams.
+		time.Sleep(2 * senderIdle)
+		synctest.Wait()
+		require.Zero(t, a.senders.Load())
+
+		// They start again when needed, and end at Close.
+		exchange(10)
+		require.Positive(t, a.senders.Load())
+		require.NoError(t, a.Close())
+		synctest.Wait()
+		require.Zero(t, a.senders.Load())
+
+		// A sender busy at Close ends once its call returns.
+		n.hold()
+		w := writeAsync(b, []byte("x"), MeshAddr{PeerName: nameA})
+		requireBlocked(t, w)
+		require.Equal(t, int32(1), b.senders.Load())
+		require.NoError(t, b.Close())
+		require.ErrorIs(t, (<-w).err, ErrPeerClosed)
+		synctest.Wait()
+		require.Equal(t, int32(1), b.senders.Load())
+		n.release()
+		synctest.Wait()
+		require.Zero(t, b.senders.Load())
+	})
+}
+
+// TestSendersBeyondMax checks that a sender started while maxSenders stay
+// makes its call and ends.
+func TestSendersBeyondMax(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		n := newFakeNet(t)
+		a, b := n.join(nameA, 1), n.join(nameB, 2)
+		// As if maxSenders senders were all busy.
+		a.senders.Store(maxSenders)
+		_, err := a.WriteTo([]byte("x"), MeshAddr{PeerName: nameB})
+		require.NoError(t, err)
+		m, _, err := b.ReadFrom(make([]byte, 8))
+		require.NoError(t, err)
+		require.Equal(t, 1, m)
+		synctest.Wait()
+		require.Equal(t, int32(maxSenders), a.senders.Load())
+		select {
+		case a.sendq <- nil:
+			t.Fatal("a sender started beyond maxSenders stayed")
+		default:
+		}
+		a.senders.Store(0)
 	})
 }
 
 func TestPendingWritesBounded(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		n := newFakeNet()
+		n := newFakeNet(t)
 		a, _ := n.join(nameA, 1), n.join(nameB, 2)
 		n.hold()
 		for range maxPendingWrites + 10 {
@@ -348,6 +465,7 @@ func TestPendingWritesBounded(t *testing.T) {
 		calls, waiting := n.counts()
 		require.Equal(t, maxPendingWrites, calls)
 		require.Equal(t, maxPendingWrites, waiting)
+		require.LessOrEqual(t, a.senders.Load(), int32(maxSenders))
 		n.release()
 		synctest.Wait()
 		_, waiting = n.counts()
@@ -357,7 +475,7 @@ func TestPendingWritesBounded(t *testing.T) {
 
 func TestCloseUnblocks(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		n := newFakeNet()
+		n := newFakeNet(t)
 		a, b := n.join(nameA, 1), n.join(nameB, 2)
 		readers := []<-chan result{readAsync(a, make([]byte, 8)), readAsync(a, make([]byte, 8))}
 		n.hold()
@@ -462,10 +580,15 @@ func TestReceiveQueueBytes(t *testing.T) {
 	require.Equal(t, uint64(2), p.Dropped(), "room after a read")
 	require.Equal(t, int64(ReceiveQueueBytes), p.queuedBytes.Load())
 
-	// A datagram larger than the whole byte bound is accepted into an
-	// empty queue.
+	// A datagram larger than MaxDatagramSize is refused, not queued; the
+	// largest allowed is accepted.
 	q := NewPeer(nameB, 2, nil)
-	require.NoError(t, q.OnGossipUnicast(nameA, datagram(t, nameA, make([]byte, 2*ReceiveQueueBytes))))
+	err = q.OnGossipUnicast(nameA, datagram(t, nameA, make([]byte, MaxDatagramSize+1)))
+	require.ErrorIs(t, err, ErrDatagramTooLarge)
+	require.ErrorIs(t, err, mesh.ErrMalformed)
+	require.Zero(t, len(q.recv))
+	require.NoError(t, q.OnGossipUnicast(nameA, datagram(t, nameA, make([]byte, MaxDatagramSize))))
+	require.Equal(t, 1, len(q.recv))
 	require.Zero(t, q.Dropped())
 }
 
@@ -490,34 +613,8 @@ func TestMalformedDatagrams(t *testing.T) {
 	require.Zero(t, len(p.recv))
 }
 
-// weavePkt has the shape of the datagrams of weave's meshconn: a struct
-// gob-encoded on its own by a fresh encoder.
-type weavePkt struct {
-	SrcName mesh.PeerName
-	SrcUID  mesh.PeerUID
-	Buf     []byte
-}
-
-func TestWeaveWireFormat(t *testing.T) {
-	var enc bytes.Buffer
-	require.NoError(t, gob.NewEncoder(&enc).Encode(weavePkt{SrcName: nameA, SrcUID: 99, Buf: []byte("from weave")}))
-	p := NewPeer(nameB, 2, nil)
-	require.NoError(t, p.OnGossipUnicast(nameA, enc.Bytes()))
-	buf := make([]byte, 32)
-	n, from, err := p.ReadFrom(buf)
-	require.NoError(t, err)
-	require.Equal(t, "from weave", string(buf[:n]))
-	require.Equal(t, MeshAddr{PeerName: nameA, PeerUID: 99}, from)
-
-	ours, err := (&pkt{SrcName: nameB, SrcUID: 2, Buf: []byte("to weave")}).encode()
-	require.NoError(t, err)
-	var w weavePkt
-	require.NoError(t, gob.NewDecoder(bytes.NewReader(ours)).Decode(&w))
-	require.Equal(t, weavePkt{SrcName: nameB, SrcUID: 2, Buf: []byte("to weave")}, w)
-}
-
 func TestConcurrentReadersAndWriters(t *testing.T) {
-	n := newFakeNet()
+	n := newFakeNet(t)
 	a, b := n.join(nameA, 1), n.join(nameB, 2)
 	const writers, each = 4, 200
 	want := make(map[string]bool)
