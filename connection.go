@@ -49,6 +49,10 @@ type LocalConnection struct {
 	// the topology extensions: digests, sync requests, announcements,
 	// pulls and deltas (digest.go, topology_pull.go, topology_delta.go).
 	digests bool
+	// remoteNames is the hash of the peers the remote knew at the
+	// handshake (see topology.namesHash), if it sent one.
+	remoteNames    uint64
+	hasRemoteNames bool
 	// lastOwn is the version of our entry last sent on this connection
 	// (only the writer uses it).
 	lastOwn *Peer
@@ -208,6 +212,9 @@ func (c *LocalConnection) handshake() error {
 		extra[featureListenPort] = strconv.Itoa(port)
 	}
 	extra[featureTopologyDigest] = strconv.Itoa(ourDigestLevel)
+	r.Peers.mu.RLock()
+	extra[featureTopologyNames] = strconv.FormatUint(r.Peers.topo.namesHash, 16)
+	r.Peers.mu.RUnlock()
 	res, err := doHandshake(c.conn, c.br, &handshakeConfig{
 		Outbound:     c.outbound,
 		Password:     r.Password,
@@ -230,6 +237,9 @@ func (c *LocalConnection) handshake() error {
 	c.version, c.encrypted = res.Version, res.Encrypted
 	if level, err := strconv.Atoi(res.Features[featureTopologyDigest]); err == nil {
 		c.digests = level >= ourDigestLevel
+	}
+	if h, err := strconv.ParseUint(res.Features[featureTopologyNames], 16, 64); err == nil {
+		c.remoteNames, c.hasRemoteNames = h, true
 	}
 	c.reader, c.writer, c.first = res.reader, res.writer, res.first
 	if remote.Name == r.Ourself.Name {

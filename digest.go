@@ -31,6 +31,9 @@ const (
 	// syncChannel is the gossip channel name of sync requests: digests
 	// that ask for the receiver's digest in return.
 	syncChannel = "topology-sync"
+	// featureTopologyNames is the feature that carries the hash of the
+	// peers a mesh peer knows (topology.namesHash), in hexadecimal.
+	featureTopologyNames = "TopologyNames"
 	// digestRecordSize is the size of one digest record: name (6 bytes),
 	// UID (8) and version (8), big-endian.
 	digestRecordSize = NameSize + 8 + 8

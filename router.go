@@ -100,8 +100,12 @@ const (
 	// past it, into buffers shared through a pool.
 	readBufferSize = 4 << 10
 	// digestInterval is how often, while the topology changes, a router
-	// exchanges digests with a random neighbour.
-	digestInterval = time.Second
+	// exchanges digests with a random neighbour; digestIntervalPerPeer
+	// spaces them more in large meshes, where a digest is large and every
+	// router sends one: 5 s at a thousand peers. An entry asked of a
+	// neighbour and not received in time starts an exchange at once.
+	digestInterval        = time.Second
+	digestIntervalPerPeer = 5 * time.Millisecond
 	// gcGrace is how long a peer stays unreachable before it is removed:
 	// long enough for the update that links a newly learnt peer to arrive.
 	gcGrace = time.Second
@@ -538,6 +542,7 @@ func (router *Router) addConnection(c *LocalConnection) error {
 	router.Peers.mu.Lock()
 	_, added := router.Peers.topo.addPeerIfUnknown(c.remoteSumm)
 	router.Peers.topo.setOurConnections(router.connectionSummaries())
+	sameNames := c.hasRemoteNames && c.remoteNames == router.Peers.topo.namesHash
 	router.Peers.mu.Unlock()
 	others := router.otherConnections(c)
 	router.mu.Unlock()
@@ -556,11 +561,16 @@ func (router *Router) addConnection(c *LocalConnection) error {
 		}()
 	}
 	// Both ends send what they know: a digest, from which each pulls what
-	// it lacks, or to a weave peer the full topology.
-	if c.digests {
-		c.q.pushDigest()
-	} else {
+	// it lacks, or to a weave peer the full topology. Two mesh peers that
+	// know the same peers skip it: the versions of their entries converge
+	// as every change spreads, and the periodic sync requests find what
+	// that misses. While a large mesh forms, most new connections join
+	// such peers, and a digest lists every peer.
+	switch {
+	case !c.digests:
 		c.q.pushTopology(nil, true)
+	case !sameNames:
+		c.q.pushDigest()
 	}
 	for _, ch := range router.channelList() {
 		ch.deliver(inboxNewNeighbour, c.remoteName, nil)
@@ -726,15 +736,18 @@ func (router *Router) topologyLoop() {
 	digestTicker := time.NewTicker(digestInterval)
 	defer digestTicker.Stop()
 	changedSinceDigest := false
+	var lastDigest time.Time
 	for {
 		select {
 		case <-router.stop:
 			return
-		case <-digestTicker.C:
+		case now := <-digestTicker.C:
 			// An entry asked for and not received may be missing still:
 			// a digest exchange finds it.
-			if router.expirePulls() || changedSinceDigest {
+			spacing := max(digestInterval, time.Duration(router.Peers.Len())*digestIntervalPerPeer)
+			if router.expirePulls() || (changedSinceDigest && now.Sub(lastDigest) >= spacing-digestInterval/2) {
 				changedSinceDigest = false
+				lastDigest = now
 				router.sendDigestToRandomNeighbour()
 			}
 			continue

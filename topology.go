@@ -30,6 +30,10 @@ type topology struct {
 
 	// graph holds the entries as a graph, for routes and reachability.
 	graph *peerGraph
+	// namesHash is the XOR of nameHash over the peers with an entry (not
+	// placeholders): two tables with the same hash almost surely know the
+	// same peers, whatever the versions of their entries.
+	namesHash uint64
 
 	// unreachableSince records when (in the caller's clock, nanoseconds) a
 	// peer was first seen unreachable; gc removes it after a grace period.
@@ -79,6 +83,9 @@ func newTopology(ourself *Peer, limits topologyLimits) *topology {
 
 // put adds or replaces a peer's entry.
 func (t *topology) put(p *Peer) {
+	if old := t.byName[p.Name]; (old != nil && !old.isPlaceholder()) != !p.isPlaceholder() {
+		t.namesHash ^= nameHash(p.Name)
+	}
 	t.peers.ReplaceOrInsert(p)
 	t.byName[p.Name] = p
 	t.graph.put(p)
@@ -88,6 +95,9 @@ func (t *topology) put(p *Peer) {
 
 // remove deletes a peer's entry.
 func (t *topology) remove(p *Peer) {
+	if old := t.byName[p.Name]; old != nil && !old.isPlaceholder() {
+		t.namesHash ^= nameHash(p.Name)
+	}
 	t.peers.Delete(p)
 	delete(t.byName, p.Name)
 	t.graph.remove(p.Name)
@@ -336,6 +346,15 @@ func adjacentPeers(a, b *Peer) bool {
 	_, ab := a.connectionTo(b.Name)
 	_, ba := b.connectionTo(a.Name)
 	return ab && ba
+}
+
+// nameHash mixes a peer name into 64 well-spread bits (SplitMix64's
+// finalizer), for namesHash.
+func nameHash(name PeerName) uint64 {
+	h := uint64(name) + 0x9e3779b97f4a7c15
+	h = (h ^ h>>30) * 0xbf58476d1ce4e5b9
+	h = (h ^ h>>27) * 0x94d049bb133111eb
+	return h ^ h>>31
 }
 
 // ourSlot returns our slot in the graph; we always have an entry.
