@@ -457,7 +457,21 @@ func (c *LocalConnection) writeLoop() {
 		case batch.digest:
 			out, scratch, err = c.appendDigestFrames(out, scratch, digestChannel, enc.digest(r.Peers))
 		}
-		if batch.topoFull || len(batch.topo) > 0 || batch.ownChanged {
+		if len(batch.answers) > 0 {
+			var whole []PeerName
+			whole, err = enc.answers(r.Peers, batch.answers, func(delta []byte) error {
+				m := gossipMessage{Tag: tagGossip, Channel: deltaChannel, Src: r.Ourself.Name, Payload: delta}
+				scratch = appendGossipMessage(scratch[:0], &m)
+				out, err = c.appendFrame(out, scratch)
+				return err
+			})
+			if len(whole) > 0 {
+				batch.topo = append(batch.topo, whole...)
+				slices.Sort(batch.topo)
+				batch.topo = slices.Compact(batch.topo)
+			}
+		}
+		if err == nil && (batch.topoFull || len(batch.topo) > 0 || batch.ownChanged) {
 			lastTopo = now
 			var names []PeerName
 			if !batch.topoFull {
@@ -474,9 +488,10 @@ func (c *LocalConnection) writeLoop() {
 			if base := c.lastOwn; !wholeOwn && own != nil {
 				if c.digests && base != nil && base.UID == own.UID && base.Version < own.Version {
 					d := diffEntries(base, own)
-					scratch = appendDelta(scratch[:0], &d)
-					m := gossipMessage{Tag: tagGossip, Channel: deltaChannel, Src: r.Ourself.Name, Payload: scratch}
-					out, err = c.appendFrame(out, appendGossipMessage(nil, &m))
+					payload := appendDelta(nil, &d)
+					m := gossipMessage{Tag: tagGossip, Channel: deltaChannel, Src: r.Ourself.Name, Payload: payload}
+					scratch = appendGossipMessage(scratch[:0], &m)
+					out, err = c.appendFrame(out, scratch)
 				} else if base == nil || base.UID != own.UID || base.Version < own.Version {
 					names = append(names, r.Ourself.Name)
 				}

@@ -69,9 +69,11 @@ type Traffic struct {
 	// Gossip counts gossip (GossipNeighbourSubset, periodic and relayed
 	// gossip) of every channel but the topology.
 	Gossip Count
-	// Topology counts topology updates.
+	// Topology counts topology updates: whole entries, and between mesh
+	// peers deltas of entries.
 	Topology Count
-	// Digest counts topology digests.
+	// Digest counts what mesh peers exchange to find the entries they
+	// lack: digests, sync requests, announcements and pulls.
 	Digest Count
 	// Heartbeat counts heartbeats.
 	Heartbeat Count
@@ -521,9 +523,9 @@ func classifyFrame(body []byte) (frameKind, []byte) {
 	case tagGossip:
 		channel := frameChannel(body)
 		switch string(channel) {
-		case topologyChannel:
+		case topologyChannel, deltaChannel:
 			return kindTopology, nil
-		case digestChannel:
+		case digestChannel, syncChannel, announceChannel, pullChannel:
 			return kindDigest, nil
 		}
 		return kindGossip, channel

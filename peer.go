@@ -28,6 +28,11 @@ type Peer struct {
 	// conns lists the peer's connections, sorted by remote name, without
 	// duplicates. Never modified once the Peer is published.
 	conns []connectionSummary
+	// prev is the entry this one replaced, of the same incarnation, kept
+	// (without its own prev) for entries of at least deltaMinConns
+	// connections: a neighbour one version behind is then sent the
+	// difference rather than the whole entry (see topoEncoder.answers).
+	prev *Peer
 }
 
 // String returns "name(nickname)".
@@ -87,6 +92,16 @@ func (peer *Peer) summary() peerSummary {
 		ShortID:    peer.ShortID,
 		HasShortID: peer.HasShortID,
 	}
+}
+
+// withoutPrev returns the peer's entry without the one it replaced.
+func (peer *Peer) withoutPrev() *Peer {
+	if peer.prev == nil {
+		return peer
+	}
+	p := *peer
+	p.prev = nil
+	return &p
 }
 
 // isPlaceholder reports whether the peer is only known by name, from

@@ -339,8 +339,6 @@ func TestRouterClosesOnAbusiveMessages(t *testing.T) {
 			append(appendGobUint(nil, 1<<48), appendGobBytes(nil, []byte("x"))...)...), "wider than 6 bytes"},
 		{"trailing bytes", append(gossipBody(tagGossipBroadcast, "vec", src, 0, []byte("x")), 0), "after the gossip message"},
 		{"digest", gossipBody(tagGossip, digestChannel, src, 0, make([]byte, digestRecordSize+1)), "topology digest of"},
-		{"delta of another peer", gossipBody(tagGossip, deltaChannel, src, 0,
-			appendDelta(nil, &entryDelta{Name: testPeerName(77), UID: 1, From: 1, To: 2})), "topology delta of"},
 	}
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

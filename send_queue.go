@@ -63,6 +63,9 @@ type sendQueue struct {
 	// topology_pull.go), pull the records of entries to ask for.
 	announce nameSet
 	pull     []digestEntry
+	// answers holds the records of pulls to answer: what the remote has
+	// of each entry it asked for.
+	answers []digestEntry
 	// ownChanged asks for our own entry after a change of it (see
 	// pushOwnChange); our name in topo asks for it whole.
 	ownChanged bool
@@ -157,6 +160,19 @@ func (q *sendQueue) pushAnnounce(names []PeerName) {
 		return
 	}
 	q.announce.add(names)
+	q.mu.Unlock()
+	q.signal()
+}
+
+// pushAnswers queues the answer to a pull, given the remote's records of
+// the entries it asks for.
+func (q *sendQueue) pushAnswers(records []digestEntry) {
+	q.mu.Lock()
+	if q.closed || len(q.answers) >= maxDigestRecords {
+		q.mu.Unlock()
+		return
+	}
+	q.answers = append(q.answers, records...)
 	q.mu.Unlock()
 	q.signal()
 }
@@ -280,6 +296,9 @@ func (b *sendBatch) release() {
 	if cap(b.pull) > smallBatch {
 		b.pull = nil
 	}
+	if cap(b.answers) > smallBatch {
+		b.answers = nil
+	}
 	if cap(b.keys) > smallBatch {
 		b.keys, b.gossip = nil, nil
 	}
@@ -292,6 +311,7 @@ type sendBatch struct {
 	topoFull   bool
 	topo       []PeerName
 	announce   []PeerName
+	answers    []digestEntry
 	pull       []digestEntry
 	ownChanged bool
 	digest     bool
@@ -317,8 +337,9 @@ func (q *sendQueue) take(b *sendBatch, withTopology bool) (hasTopology bool) {
 		b.topo = q.topo.take(b.topo)
 		b.announce = q.announce.take(b.announce)
 		b.ownChanged, q.ownChanged = q.ownChanged, false
+		b.answers, q.answers = q.answers, b.answers[:0]
 	}
-	hasTopology = q.topoFull || len(q.topo.names) > 0 || len(q.announce.names) > 0 || q.ownChanged
+	hasTopology = q.topoFull || len(q.topo.names) > 0 || len(q.announce.names) > 0 || q.ownChanged || len(q.answers) > 0
 	b.pull, q.pull = q.pull, nil
 	b.digest, q.digest = q.digest, false
 	b.sync, q.sync = q.sync, false
@@ -349,6 +370,7 @@ func (q *sendQueue) close() {
 	q.buf = nil
 	q.topo = nameSet{}
 	q.announce = nameSet{}
+	q.answers = nil
 	q.gossip = nil
 	q.order = nil
 	if q.spaceWait != nil {

@@ -222,6 +222,9 @@ func (t *topology) apply(updates []peerUpdate) mergeResult {
 			ShortID: u.ShortID, HasShortID: u.HasShortID,
 			conns: conns,
 		}
+		if existing != nil && existing.UID == p.UID && len(conns) >= deltaMinConns {
+			p.prev = existing.withoutPrev()
+		}
 		t.put(p)
 		t.forgetTombstone(u.Name)
 		res.changed = append(res.changed, u.Name)

@@ -19,6 +19,12 @@ import (
 // receiver applies it if its copy of our entry is exactly that version,
 // ignores it if its copy is already as new, and otherwise asks for the
 // whole entry with a pull (topology_pull.go).
+//
+// Entries of other peers travel as deltas too, in answer to a pull from a
+// neighbour one version behind, when the entry is large enough for its
+// previous version to be kept (deltaMinConns): so the change of one
+// connection of the hub of a large star reaches every peer as a few dozen
+// bytes, not as the hub's whole entry.
 
 const (
 	// deltaChannel is the gossip channel name deltas travel under.
@@ -27,6 +33,10 @@ const (
 	// UID, from and to versions, short ID flag and value, and the counts of
 	// added and removed connections.
 	deltaFixedSize = NameSize + 8 + 8 + 8 + 1 + 2 + 2 + 2
+	// deltaMinConns is the least number of connections of an entry for
+	// which the previous version is kept, to answer pulls with a delta:
+	// below it a whole entry is small anyway.
+	deltaMinConns = 16
 )
 
 // entryDelta turns version From of a peer's entry into version To.
@@ -218,17 +228,14 @@ func (t *topology) deltaUpdate(d *entryDelta) (peerUpdate, deltaResult) {
 	return u, deltaApplies
 }
 
-// handleDelta merges a delta of neighbour c's own entry, or asks c for the
-// whole entry when our copy is not the delta's base. A delta of another
-// peer's entry, or one that would make an entry larger than any peer may
-// report, breaks the protocol.
+// handleDelta merges a delta of an entry received from neighbour c (its
+// own, or an answer to a pull), or asks c for the whole entry when our
+// copy is not the delta's base. A delta that would make an entry larger
+// than any peer may report breaks the protocol.
 func (router *Router) handleDelta(c *LocalConnection, payload []byte) error {
 	d, err := parseDelta(payload, router.limits)
 	if err != nil {
 		return err
-	}
-	if d.Name != c.remoteName {
-		return fmt.Errorf("%w: topology delta of %s from %s", ErrMalformed, d.Name, c.remoteName)
 	}
 	router.Peers.mu.RLock()
 	u, res := router.Peers.topo.deltaUpdate(&d)

@@ -11,6 +11,7 @@ type topoEncoder struct {
 	msgs    [][]byte
 	updates []peerUpdate
 	records []digestEntry
+	names   []PeerName
 }
 
 // smallEncoderBuffer is the largest buffer a topoEncoder keeps across
@@ -31,6 +32,9 @@ func (e *topoEncoder) release() {
 	}
 	if cap(e.ends) > smallBatch {
 		e.ends, e.msgs = nil, nil
+	}
+	if cap(e.names) > smallBatch {
+		e.names = nil
 	}
 	clear(e.updates[:cap(e.updates)]) // no references to old entries
 }
@@ -60,6 +64,39 @@ func (e *topoEncoder) topology(peers *Peers, names []PeerName) [][]byte {
 		u = u[n:]
 	}
 	return e.messages()
+}
+
+// answers sorts out the answer to pulls, given the requester's records of
+// the entries it asked for: those newer here go whole (the names
+// returned), or as deltas (appended to out as frames by frame) when the
+// requester has the version just before ours of a large entry.
+func (e *topoEncoder) answers(peers *Peers, records []digestEntry, frame func(delta []byte) error) ([]PeerName, error) {
+	e.names = e.names[:0]
+	var deltas []*Peer
+	peers.mu.RLock()
+	for _, r := range records {
+		p := peers.topo.get(r.Name)
+		if p == nil || p.isPlaceholder() {
+			continue
+		}
+		if r.UID != 0 && !newerRecord(digestEntry{UID: p.UID, Version: p.Version}, r.UID, r.Version) {
+			continue // the requester is up to date
+		}
+		if p.prev != nil && r.UID == p.UID && r.Version == p.prev.Version {
+			deltas = append(deltas, p)
+			continue
+		}
+		e.names = append(e.names, p.Name)
+	}
+	peers.mu.RUnlock()
+	for _, p := range deltas {
+		d := diffEntries(p.prev, p)
+		e.buf = appendDelta(e.buf[:0], &d)
+		if err := frame(e.buf); err != nil {
+			return nil, err
+		}
+	}
+	return e.names, nil
 }
 
 // digest encodes our digest: every peer's record but placeholders'.

@@ -154,22 +154,6 @@ func (p *pullsInFlight) expire(now, age int64) int {
 	return n
 }
 
-// answerPull returns the requested entries that are newer here than in the
-// requester's records.
-func (t *topology) answerPull(records []digestEntry) []PeerName {
-	var out []PeerName
-	for _, e := range records {
-		p := t.get(e.Name)
-		if p == nil || p.isPlaceholder() {
-			continue
-		}
-		if e.UID == 0 || newerRecord(digestEntry{UID: p.UID, Version: p.Version}, e.UID, e.Version) {
-			out = append(out, p.Name)
-		}
-	}
-	return out
-}
-
 // handleAnnounce asks neighbour c for the announced entries newer than
 // ours that no other neighbour is already sending us.
 func (router *Router) handleAnnounce(c *LocalConnection, payload []byte) error {
@@ -236,17 +220,15 @@ func (s *readScratch) release() {
 }
 
 // handlePull answers neighbour c's request with the entries it asked for
-// that are newer here.
+// that are newer here, when its writer next sends topology (see
+// topoEncoder.answers).
 func (router *Router) handlePull(c *LocalConnection, payload []byte) error {
 	d, err := c.rs.parseDigest(payload)
 	if err != nil {
 		return err
 	}
-	router.Peers.mu.RLock()
-	names := router.Peers.topo.answerPull(d)
-	router.Peers.mu.RUnlock()
-	if len(names) > 0 {
-		c.q.pushTopology(names, false)
+	if len(d) > 0 {
+		c.q.pushAnswers(d)
 	}
 	return nil
 }

@@ -81,13 +81,46 @@ func TestPullsBounded(t *testing.T) {
 
 func TestAnswerPull(t *testing.T) {
 	tp := newTestTopology(0)
-	tp.apply([]peerUpdate{update(1, 11, 3, conn(2, true)), update(3, 33, 5)})
-	got := tp.answerPull([]digestEntry{
+	many := func(version uint64, extra ...int) peerUpdate {
+		var conns []connectionSummary
+		for i := range deltaMinConns {
+			conns = append(conns, conn(100+i, true))
+		}
+		for _, i := range extra {
+			conns = append(conns, conn(i, true))
+		}
+		return update(4, 44, version, conns...)
+	}
+	tp.apply([]peerUpdate{update(1, 11, 3, conn(2, true)), update(3, 33, 5), many(7)})
+	tp.apply([]peerUpdate{update(1, 11, 4, conn(2, true), conn(5, true)), many(8, 6)})
+	require.Nil(t, tp.get(testPeerName(1)).prev, "a small entry keeps no previous version")
+	require.Equal(t, uint64(7), tp.get(testPeerName(4)).prev.Version)
+	var enc topoEncoder
+	var deltas []entryDelta
+	whole, err := enc.answers(&Peers{topo: tp}, []digestEntry{
 		{Name: testPeerName(1)}, // the requester has nothing
 		rec(3, 33, 5),           // the requester is up to date
 		rec(2, 0, 0),            // we only have a placeholder
 		rec(9, 0, 0),            // unknown here
 		rec(0, 999, 0),          // ourselves, an older incarnation there
+		rec(4, 44, 7),           // one version behind on a large entry
+	}, func(b []byte) error {
+		d, err := parseDelta(b, topologyLimits{MaxConnections: 100})
+		require.NoError(t, err)
+		deltas = append(deltas, d)
+		return nil
 	})
-	require.Equal(t, []PeerName{testPeerName(1), testPeerName(0)}, got)
+	require.NoError(t, err)
+	require.Equal(t, []PeerName{testPeerName(1), testPeerName(0)}, whole)
+	require.Len(t, deltas, 1)
+	require.Equal(t, []connectionSummary{conn(6, true)}, deltas[0].Add)
+	require.Equal(t, uint64(7), deltas[0].From)
+
+	// Two versions behind: the whole entry.
+	whole, err = enc.answers(&Peers{topo: tp}, []digestEntry{rec(4, 44, 6)}, func([]byte) error {
+		t.Fatal("no delta from a version not kept")
+		return nil
+	})
+	require.NoError(t, err)
+	require.Equal(t, []PeerName{testPeerName(4)}, whole)
 }
