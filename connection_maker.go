@@ -21,11 +21,13 @@ const (
 	// longLivedConnection is how long a connection must last for the
 	// backoff to start again from the beginning after it ends.
 	longLivedConnection = time.Minute
-	// discoveryDeferral is how long a peer waits before dialling a
-	// discovered peer with a lower name, which is expected to dial it
-	// first: without it both ends would dial each other at once, and one
-	// of the two connections would be dropped.
-	discoveryDeferral = 2 * time.Second
+	// discoveryDeferral is how long, at least, a peer waits before
+	// dialling a discovered peer with a lower name, which is expected to
+	// dial it first: without it both ends would dial each other at once,
+	// and one of the two connections would be dropped. Each waits a random
+	// time up to twice as long, so that the peers of a mesh that formed at
+	// once do not all dial at the same moment.
+	discoveryDeferral = 500 * time.Millisecond
 	// maxDiscoveryDials bounds the dials to discovered peers in progress at
 	// once, so that a mesh discovered all at once is connected gradually
 	// rather than in a storm of handshakes and full topology exchanges.
@@ -558,7 +560,7 @@ func (cm *ConnectionMaker) topologyChanged() {
 		}
 		t := &target{addr: addr, peer: c.peer.Name, rank: c.rank}
 		if c.peer.Name < r.Ourself.Name {
-			t.tryAfter = now.Add(discoveryDeferral + cm.backoff(1)/4)
+			t.tryAfter = now.Add(discoveryDeferral + time.Duration(cm.rnd.Int64N(int64(discoveryDeferral))))
 		}
 		cm.targets[addr] = t
 		chosen[addr] = true
