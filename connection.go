@@ -549,8 +549,9 @@ func (c *LocalConnection) writeLoop() {
 		putBuffer(scratch)
 		putBuffer(batch.buf)
 		out, scratch, batch.buf = nil, nil, nil
-		batch.release()
-		enc.release()
+		idle := !stillTopo && len(c.q.wake) == 0
+		batch.release(idle)
+		enc.release(idle)
 		if err != nil {
 			c.shutdown(err)
 			return

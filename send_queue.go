@@ -284,9 +284,14 @@ func (s *nameSet) take(dst []PeerName) []PeerName {
 // larger ones, left by a burst, are dropped (see release).
 const smallBatch = 64
 
-// release drops the lists of b that a burst made large, so that an idle
+// release drops the lists of b that a burst made large, or all of them
+// when the connection has nothing more to send, so that an idle
 // connection does not keep them.
-func (b *sendBatch) release() {
+func (b *sendBatch) release(idle bool) {
+	if idle {
+		*b = sendBatch{}
+		return
+	}
 	if cap(b.topo) > smallBatch {
 		b.topo = nil
 	}
@@ -337,7 +342,7 @@ func (q *sendQueue) take(b *sendBatch, withTopology bool) (hasTopology bool) {
 		b.topo = q.topo.take(b.topo)
 		b.announce = q.announce.take(b.announce)
 		b.ownChanged, q.ownChanged = q.ownChanged, false
-		b.answers, q.answers = q.answers, b.answers[:0]
+		b.answers, q.answers = q.answers, nil
 	}
 	hasTopology = q.topoFull || len(q.topo.names) > 0 || len(q.announce.names) > 0 || q.ownChanged || len(q.answers) > 0
 	b.pull, q.pull = q.pull, nil

@@ -18,9 +18,14 @@ type topoEncoder struct {
 // release.
 const smallEncoderBuffer = 16 << 10
 
-// release drops the buffers a burst made large, so that an idle connection
-// does not keep them.
-func (e *topoEncoder) release() {
+// release drops the buffers a burst made large, or all of them when the
+// connection has nothing more to send, so that an idle connection does not
+// keep them.
+func (e *topoEncoder) release(idle bool) {
+	if idle {
+		*e = topoEncoder{}
+		return
+	}
 	if cap(e.buf) > smallEncoderBuffer {
 		e.buf = nil
 	}

@@ -206,15 +206,18 @@ func (s *readScratch) parseDigest(b []byte) ([]digestEntry, error) {
 	return s.records, err
 }
 
-// release drops the lists a large message made large.
+// release drops the lists once a message made them more than small: a
+// connection gets announcements of a few entries often, and whole digests
+// rarely.
 func (s *readScratch) release() {
-	if cap(s.records) > smallBatch*8 {
+	const small = 16
+	if cap(s.records) > small {
 		s.records = nil
 	}
-	if cap(s.cands) > smallBatch*8 {
+	if cap(s.cands) > small {
 		s.cands = nil
 	}
-	if cap(s.pull) > smallBatch*8 {
+	if cap(s.pull) > small {
 		s.pull = nil
 	}
 }
@@ -230,6 +233,7 @@ func (router *Router) handlePull(c *LocalConnection, payload []byte) error {
 	if len(d) > 0 {
 		c.q.pushAnswers(d)
 	}
+	c.rs.release()
 	return nil
 }
 
