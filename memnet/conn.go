@@ -3,6 +3,7 @@ package memnet
 import (
 	"bytes"
 	"io"
+	"math/rand/v2"
 	"net"
 	"os"
 	"sync"
@@ -135,9 +136,11 @@ func (c *Conn) SetWriteDeadline(t time.Time) error {
 // pipe is one direction of a connection: the bytes written by the end on
 // host from and not yet read by the end on host to.
 type pipe struct {
-	net      *Network
 	from, to string
 	cap      int
+	// seed and stream seed rnd, the source of the pipe's jitter, made
+	// when first needed (see jitterStream).
+	seed, stream uint64
 
 	mu     sync.Mutex
 	chunks []chunk
@@ -154,6 +157,7 @@ type pipe struct {
 	stalled bool // the reading host does not read
 	latency time.Duration
 	jitter  time.Duration
+	rnd     *rand.Rand
 	lastAt  time.Time // when the last chunk is due, so bytes stay in order
 	// notify is closed and replaced at every change while waiters > 0, to
 	// wake the reader and the writers waiting on the pipe.
@@ -287,7 +291,7 @@ func (p *pipe) write(b []byte, dl *deadline) (int, error) {
 		}
 		if room := p.cap - p.queued; room > 0 {
 			k := min(room, len(b)-n)
-			at := time.Now().Add(p.latency + p.net.jitterDelay(p.jitter))
+			at := time.Now().Add(p.latency + p.jitterDelayLocked())
 			if at.Before(p.lastAt) {
 				at = p.lastAt
 			}
@@ -300,6 +304,18 @@ func (p *pipe) write(b []byte, dl *deadline) (int, error) {
 		}
 		p.waitLocked(dl.wait(), nil)
 	}
+}
+
+// jitterDelayLocked draws the jitter of one write: a delay in
+// [0, p.jitter) from the pipe's own source.
+func (p *pipe) jitterDelayLocked() time.Duration {
+	if p.jitter <= 0 {
+		return 0
+	}
+	if p.rnd == nil {
+		p.rnd = rand.New(rand.NewPCG(p.seed, p.stream))
+	}
+	return time.Duration(p.rnd.Int64N(int64(p.jitter)))
 }
 
 // closeReader is called when the reading end closes: what it did not

@@ -41,15 +41,21 @@
 // refused at once (ECONNREFUSED); a host never created with Network.Host
 // is unreachable.
 //
-// The only randomness is the latency jitter, drawn from Config.Seed; Seed
-// tells the seed in use so that a failing run can be repeated. memnet
-// starts no goroutines of its own.
+// The only randomness is the latency jitter. Each direction of each
+// connection draws it from a source of its own, seeded from Config.Seed,
+// the two hosts, the listening port and the number of the connection
+// among those made from the one host to that port of the other: the
+// jitter of a link's n-th connection is the same sequence of delays in
+// every run with the same seed, however the goroutines using other
+// connections are scheduled. Seed tells the seed in use so that a failing
+// run can be repeated. memnet starts no goroutines of its own.
 package memnet
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
-	"math/rand/v2"
+	"hash/fnv"
 	"net"
 	"os"
 	"slices"
@@ -108,9 +114,6 @@ type Network struct {
 	cfg  Config
 	seed uint64
 
-	rndMu sync.Mutex
-	rnd   *rand.Rand
-
 	mu          sync.Mutex
 	closed      bool
 	hosts       map[string]*Host
@@ -120,6 +123,9 @@ type Network struct {
 	jitter      time.Duration
 	linkLatency map[link]time.Duration
 	pairs       map[*connPair]struct{}
+	// dials counts the connections made so far from one host to a port
+	// of another: it numbers them for their jitter sources.
+	dials map[dialKey]uint64
 	// changed is closed and replaced whenever reachability changes or a
 	// host appears, to wake dials waiting for a path.
 	changed chan struct{}
@@ -127,6 +133,12 @@ type Network struct {
 
 // link is one direction between two hosts.
 type link struct{ from, to string }
+
+// dialKey is a dialling host and the host and port it dials.
+type dialKey struct {
+	from, to string
+	port     int
+}
 
 // New returns an empty network.
 func New(cfg Config) *Network {
@@ -146,12 +158,12 @@ func New(cfg Config) *Network {
 	return &Network{
 		cfg:         cfg,
 		seed:        seed,
-		rnd:         rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)),
 		hosts:       make(map[string]*Host),
 		cuts:        make(map[link]bool),
 		group:       make(map[string]int),
 		linkLatency: make(map[link]time.Duration),
 		pairs:       make(map[*connPair]struct{}),
+		dials:       make(map[dialKey]uint64),
 		changed:     make(chan struct{}),
 	}
 }
@@ -203,6 +215,18 @@ func (n *Network) Conns() int {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	return len(n.pairs)
+}
+
+// Made returns the number of connections made on the network so far,
+// open or not.
+func (n *Network) Made() uint64 {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	var total uint64
+	for _, count := range n.dials {
+		total += count
+	}
+	return total
 }
 
 // Close closes every listener and resets every connection; later dials
@@ -421,16 +445,6 @@ func (n *Network) changedLocked() {
 	n.changed = make(chan struct{})
 }
 
-// jitterDelay draws a delay in [0, max).
-func (n *Network) jitterDelay(max time.Duration) time.Duration {
-	if max <= 0 {
-		return 0
-	}
-	n.rndMu.Lock()
-	defer n.rndMu.Unlock()
-	return time.Duration(n.rnd.Int64N(int64(max)))
-}
-
 // Host is one address of the network. It implements mesh.Transport.
 type Host struct {
 	net  *Network
@@ -574,9 +588,11 @@ func (h *Host) connectLocked(remote *Host, port int) (*Conn, error) {
 		return nil, syscall.EADDRNOTAVAIL
 	}
 	h.ports[local] = true
+	key := dialKey{h.name, remote.name, port}
+	n.dials[key]++
 	p := &connPair{hostA: h.name, hostB: remote.name}
-	p.ab = n.newPipeLocked(h.name, remote.name)
-	p.ba = n.newPipeLocked(remote.name, h.name)
+	p.ab = n.newPipeLocked(h.name, remote.name, jitterStream(key, n.dials[key], false))
+	p.ba = n.newPipeLocked(remote.name, h.name, jitterStream(key, n.dials[key], true))
 	p.a = newConn(p, h, local, Addr{h.name, local}, Addr{remote.name, port}, p.ba, p.ab)
 	p.b = newConn(p, remote, 0, Addr{remote.name, port}, Addr{h.name, local}, p.ab, p.ba)
 	n.pairs[p] = struct{}{}
@@ -587,9 +603,32 @@ func (h *Host) connectLocked(remote *Host, port int) (*Conn, error) {
 	return p.a, nil
 }
 
-func (n *Network) newPipeLocked(from, to string) *pipe {
+// jitterStream identifies the jitter source of one direction of the
+// count-th connection made from key.from to key.port of key.to: a hash of
+// the three, the count and the direction (back is from the listener to the
+// dialler), so that each pipe draws a sequence of its own.
+func jitterStream(key dialKey, count uint64, back bool) uint64 {
+	var b []byte
+	for _, s := range []string{key.from, key.to} {
+		b = binary.BigEndian.AppendUint64(b, uint64(len(s)))
+		b = append(b, s...)
+	}
+	b = binary.BigEndian.AppendUint64(b, uint64(key.port))
+	b = binary.BigEndian.AppendUint64(b, count)
+	if back {
+		b = append(b, 1)
+	} else {
+		b = append(b, 0)
+	}
+	h := fnv.New64a()
+	h.Write(b)
+	return h.Sum64()
+}
+
+func (n *Network) newPipeLocked(from, to string, stream uint64) *pipe {
 	p := &pipe{
-		net:     n,
+		seed:    n.seed,
+		stream:  stream,
 		from:    from,
 		to:      to,
 		cap:     n.cfg.BufferSize,

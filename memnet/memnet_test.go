@@ -122,12 +122,20 @@ func TestListenAndDial(t *testing.T) {
 	require.Equal(t, a.LocalAddr().String(), b.RemoteAddr().String())
 	require.Equal(t, a.RemoteAddr().String(), b.LocalAddr().String())
 	require.Equal(t, 1, n.Conns())
+	require.Equal(t, uint64(1), n.Made())
 	require.Equal(t, []string{"10.0.0.1", "10.0.0.2"}, n.Hosts())
 
 	_, err = n.Host("10.0.0.2").Dial("10.0.0.1:1")
 	require.ErrorIs(t, err, syscall.ECONNREFUSED, "no listener")
 	_, err = h.Dial("nonsense")
 	require.Error(t, err)
+
+	// Closed connections still count as made.
+	a.Close()
+	b.Close()
+	pair(t, n, "10.0.0.1", "10.0.0.2")
+	require.Equal(t, 1, n.Conns())
+	require.Equal(t, uint64(2), n.Made())
 }
 
 func TestUnknownHostTimesOut(t *testing.T) {

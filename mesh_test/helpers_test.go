@@ -1,5 +1,8 @@
-// Package mesh_test runs whole meshes of routers in one process, over real
-// TCP on 127.0.0.1.
+// Package mesh_test runs whole meshes of routers in one process: small
+// ones over real TCP on 127.0.0.1 (this file), the others on memnet, an
+// in-memory network that injects faults (memnet_helpers_test.go), and one
+// over veth links between network namespaces where the machine allows it
+// (netns_test.go).
 package mesh_test
 
 import (

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
-	"runtime"
 	"strconv"
 	"testing"
 	"time"
@@ -22,13 +21,19 @@ func longTests() bool { return os.Getenv("MESH_LONG") == "1" }
 // taken from MEMNET_SEED when set, so that a failing run can be repeated.
 // The test's random choices come from the returned source, seeded alike.
 func newMemNetwork(t testing.TB) (*memnet.Network, *rand.Rand) {
-	var seed uint64
+	return newMemNetworkConfig(t, memnet.Config{})
+}
+
+// newMemNetworkConfig is newMemNetwork with settings of the test's own;
+// the seed of cfg is ignored.
+func newMemNetworkConfig(t testing.TB, cfg memnet.Config) (*memnet.Network, *rand.Rand) {
+	cfg.Seed = 0
 	if s := os.Getenv("MEMNET_SEED"); s != "" {
 		v, err := strconv.ParseUint(s, 10, 64)
 		require.NoError(t, err, "MEMNET_SEED")
-		seed = v
+		cfg.Seed = v
 	}
-	nw := memnet.New(memnet.Config{Seed: seed})
+	nw := memnet.New(cfg)
 	t.Logf("%v: run again with MEMNET_SEED=%d to repeat its random choices", nw, nw.Seed())
 	return nw, rand.New(rand.NewPCG(nw.Seed(), 1))
 }
@@ -209,12 +214,4 @@ func routerGoroutines(nodes []*node, channels int) int {
 		}
 	}
 	return total
-}
-
-// heapInUse returns the bytes of heap in use after a collection.
-func heapInUse() uint64 {
-	runtime.GC()
-	var ms runtime.MemStats
-	runtime.ReadMemStats(&ms)
-	return ms.HeapInuse
 }

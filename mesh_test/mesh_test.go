@@ -182,7 +182,10 @@ func TestStoppedPeerRemoved(t *testing.T) {
 	for i := 1; i < len(nodes); i++ {
 		nodes[i].connectTo(nodes[0])
 	}
-	waitFullKnowledge(t, nodes)
+	// Once every peer has a route to every other, every peer has seen the
+	// one about to stop reachable, and removes it a second after it stops:
+	// a peer never seen reachable is kept much longer.
+	eventually(t, "the peers settle", func() (bool, string) { return settled(nodes) })
 	gone := nodes[3]
 	var mu = make(chan mesh.PeerName, 16)
 	nodes[1].router.Peers.OnGC(func(p *mesh.Peer) { mu <- p.Name })
