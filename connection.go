@@ -522,10 +522,7 @@ func (c *LocalConnection) writeLoop() {
 			n := binary.BigEndian.Uint32(buf)
 			body := buf[4 : 4+n]
 			buf = buf[4+n:]
-			if out, err = c.appendFrame(out, body); err == nil && len(out) >= writeChunk {
-				err = c.write(out, now)
-				out = out[:0]
-			}
+			out, err = c.appendFrame(out, body)
 		}
 		for i := 0; err == nil && i < len(batch.keys); i++ {
 			k := batch.keys[i]
@@ -543,7 +540,7 @@ func (c *LocalConnection) writeLoop() {
 		}
 		needBeat = false
 		if err == nil && len(out) > 0 {
-			err = c.write(out, now)
+			err = c.write(out)
 		}
 		putBuffer(out)
 		putBuffer(scratch)
@@ -575,8 +572,8 @@ func (c *LocalConnection) appendDigestFrames(out, scratch []byte, channel string
 
 // write sends out with a deadline, so that a peer that stops reading is
 // dropped rather than blocking the writer for ever.
-func (c *LocalConnection) write(out []byte, now time.Time) error {
-	if err := c.conn.SetWriteDeadline(now.Add(c.router.writeTimeout)); err != nil {
+func (c *LocalConnection) write(out []byte) error {
+	if err := c.conn.SetWriteDeadline(time.Now().Add(c.router.writeTimeout)); err != nil {
 		return err
 	}
 	_, err := c.conn.Write(out)
@@ -586,14 +583,21 @@ func (c *LocalConnection) write(out []byte, now time.Time) error {
 // writeChunk is how much the writer gathers before a write system call.
 const writeChunk = 256 << 10
 
-// appendFrame adds one frame to out. A message too large for a frame is
-// dropped and logged; the connection goes on.
+// appendFrame adds one frame to out, and writes out once it holds
+// writeChunk bytes: a batch as large as a channel's whole state, sent down
+// a new connection, goes out as it is encoded, each write with a deadline
+// of its own, rather than after all of it. A message too large for a
+// frame is dropped and logged; the connection goes on.
 func (c *LocalConnection) appendFrame(out, body []byte) ([]byte, error) {
 	res, err := c.writer.appendFrame(out, body)
 	c.router.metrics.frameSent(body, err)
 	if errors.Is(err, ErrFrameTooLarge) {
 		c.router.logOnce("big", fmt.Sprintf("%s: dropping message: %v", c, err), c, err)
 		return out, nil
+	}
+	if err == nil && len(res) >= writeChunk {
+		err = c.write(res)
+		res = res[:0]
 	}
 	return res, err
 }

@@ -95,6 +95,9 @@ const (
 	// recomputations while changes keep coming: large meshes, where
 	// changes never stop while they form, recompute less often.
 	routeGapPerPeer = 100 * time.Microsecond
+	// maxRouteGap bounds the spacing of route passes that their measured
+	// cost asks for.
+	maxRouteGap = 500 * time.Millisecond
 	// readBufferSize is the read buffer of each connection: small, as
 	// every connection has one for its whole life; larger frames are read
 	// past it, into buffers shared through a pool.
@@ -792,9 +795,12 @@ func (router *Router) topologyLoop() {
 		router.ConnectionMaker.topologyChanged()
 		// While changes keep coming, run this pass no more often than ten
 		// times what it costs, so that a large mesh in turmoil spends at
-		// most a tenth of a core on it.
+		// most a tenth of a core on it. The cost is measured on the
+		// clock, which on a loaded machine counts time waiting for locks
+		// and for a CPU too: it is capped, so that routes never lag by
+		// more than maxRouteGap for it.
 		lastPass = time.Now()
-		minGap = max(routeDelay, 10*lastPass.Sub(began), time.Duration(router.Peers.Len())*routeGapPerPeer)
+		minGap = max(routeDelay, min(10*lastPass.Sub(began), maxRouteGap), time.Duration(router.Peers.Len())*routeGapPerPeer)
 	}
 }
 
@@ -976,6 +982,14 @@ func (router *Router) mergeUpdates(c *LocalConnection, updates []peerUpdate) {
 	}
 	if res.ourVersionBumped {
 		router.ourEntryRaised()
+	}
+	if len(res.revived) > 0 && c.digests {
+		// The sender names them: it most likely has their entries.
+		pull := make([]digestEntry, len(res.revived))
+		for i, n := range res.revived {
+			pull[i] = digestEntry{Name: n}
+		}
+		c.q.pushPull(pull)
 	}
 	switch {
 	case len(res.stale) == 0:

@@ -167,6 +167,11 @@ type mergeResult struct {
 	ourVersionBumped bool
 	// placeholders counts peers added only because a connection names them.
 	placeholders int
+	// revived lists the placeholders added for peers we had removed: a
+	// reachable peer names them again, but their entries may never be
+	// announced to us (unchanged since we removed them), so they are to
+	// be asked for.
+	revived []PeerName
 	// stale lists peers for which the update held an older entry than
 	// ours: the sender is behind and should get ours.
 	stale []PeerName
@@ -191,9 +196,7 @@ func (t *topology) apply(updates []peerUpdate) mergeResult {
 		if u.UID == 0 {
 			// A placeholder only tells us the name exists.
 			if p := t.get(u.Name); p == nil {
-				if t.addPlaceholder(u.Name) {
-					res.placeholders++
-				}
+				t.addPlaceholder(u.Name, &res)
 			} else if !p.isPlaceholder() {
 				res.stale = append(res.stale, u.Name)
 			}
@@ -229,20 +232,24 @@ func (t *topology) apply(updates []peerUpdate) mergeResult {
 		t.forgetTombstone(u.Name)
 		res.changed = append(res.changed, u.Name)
 		for _, c := range p.conns {
-			if c.Name != t.ourName && t.get(c.Name) == nil && t.addPlaceholder(c.Name) {
-				res.placeholders++
+			if c.Name != t.ourName && t.get(c.Name) == nil {
+				t.addPlaceholder(c.Name, &res)
 			}
 		}
 	}
 	return res
 }
 
-func (t *topology) addPlaceholder(name PeerName) bool {
+// addPlaceholder adds a peer known only by name, and records it in res.
+func (t *topology) addPlaceholder(name PeerName, res *mergeResult) {
 	if t.limits.MaxPeers > 0 && t.peers.Len() >= t.limits.MaxPeers {
-		return false
+		return
 	}
 	t.put(&Peer{Name: name})
-	return true
+	res.placeholders++
+	if _, ok := t.tombstones[name]; ok {
+		res.revived = append(res.revived, name)
+	}
 }
 
 // raiseAbove handles a record of our own name from a digest or an

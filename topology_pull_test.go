@@ -124,3 +124,15 @@ func TestAnswerPull(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, []PeerName{testPeerName(4)}, whole)
 }
+
+// A peer we removed, named again by an entry we merge, is to be asked
+// for: its own entry may never be announced to us again.
+func TestRevivedPlaceholder(t *testing.T) {
+	tp := newTestTopology(0)
+	tp.addTombstone(&Peer{Name: testPeerName(5), UID: 55, Version: 7})
+	res := tp.apply([]peerUpdate{update(1, 11, 1, conn(5, true), conn(6, true))})
+	require.Equal(t, []PeerName{testPeerName(5)}, res.revived)
+	require.Equal(t, 2, res.placeholders)
+	// Its entry, unchanged since we removed it, is then taken.
+	require.Len(t, tp.wanted([]digestEntry{rec(5, 55, 7)}), 1)
+}
