@@ -39,9 +39,12 @@ func TestLargeStateOnNewConnections(t *testing.T) {
 		}
 		return true, ""
 	})
+	// A connection may still time out on a loaded machine (the heartbeat
+	// is short here); a loop of reconnections, each sending the whole
+	// state again, makes dozens.
 	for _, n := range peers {
 		m := n.router.Metrics()
-		if m.Connections.Dropped > 0 {
+		if m.Connections.Dropped > 2 {
 			t.Errorf("peer %d: %d connections dropped, %d established", n.index, m.Connections.Dropped, m.Connections.Established)
 		}
 	}
