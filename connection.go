@@ -53,9 +53,10 @@ type LocalConnection struct {
 	// handshake (see topology.namesHash), if it sent one.
 	remoteNames    uint64
 	hasRemoteNames bool
-	// lastOwn is the version of our entry last sent on this connection
-	// (only the writer uses it).
-	lastOwn *Peer
+	// lastOwn is the version of our entry last sent on this connection,
+	// lastTopo when topology was last sent (only the writer uses them).
+	lastOwn  *Peer
+	lastTopo time.Time
 	reader  *frameReader
 	writer  *frameWriter
 	// first is a frame the handshake read (see handshakeResult.first).
@@ -168,14 +169,11 @@ func (c *LocalConnection) run() {
 		c.handshakeDone()
 	}
 	if err == nil {
+		// From now on, what is queued starts a writer.
+		c.q.setStartWriter(c.startWriter)
 		err = r.addConnection(c)
 		r.countRegistration(err)
 		if err == nil {
-			r.wg.Add(1)
-			go func() {
-				defer r.wg.Done()
-				c.writeLoop()
-			}()
 			err = c.readLoop()
 			r.removeConnection(c)
 			r.metrics.dropped.Add(1)
@@ -375,8 +373,9 @@ func (c *LocalConnection) enqueue(m *gossipMessage, body []byte, wait bool) erro
 				q.buf = append(q.buf, body...)
 			}
 			q.finish(off)
+			start := q.needWriterLocked()
 			q.mu.Unlock()
-			q.signal()
+			q.wakeWriter(start)
 			return nil
 		}
 		if !c.waitForSpace(q, wait) {
@@ -407,145 +406,47 @@ func (c *LocalConnection) waitForSpace(q *sendQueue, wait bool) bool {
 	}
 }
 
-// writeLoop sends what is queued until the connection ends. Topology is
-// sent at most once per topology interval, so bursts of changes are merged
-// into one message per neighbour.
-func (c *LocalConnection) writeLoop() {
+// writerLinger is how long a connection's writer waits for more to send
+// before it ends; what is queued next starts a new one. An idle
+// connection thus costs one goroutine, its reader, most of the time: its
+// heartbeat comes every heartbeat interval (see Router.heartbeats).
+const writerLinger = time.Second
+
+// startWriter starts a writer goroutine; the send queue calls it when
+// something is queued and no writer runs (see sendQueue.signal).
+func (c *LocalConnection) startWriter() {
 	r := c.router
-	heartbeat := time.NewTicker(r.heartbeatInterval)
-	defer heartbeat.Stop()
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		c.writeLoop()
+	}()
+}
+
+// writeLoop sends what is queued, until nothing has been queued for
+// writerLinger or the connection ends. Topology is sent at most once per
+// topology interval, so bursts of changes are merged into one message per
+// neighbour.
+func (c *LocalConnection) writeLoop() {
 	topoTimer := time.NewTimer(time.Hour)
 	topoTimer.Stop()
 	defer topoTimer.Stop()
+	linger := time.NewTimer(writerLinger)
+	defer linger.Stop()
 	var (
 		batch      sendBatch
 		enc        topoEncoder
-		out        []byte
-		scratch    []byte
-		lastTopo   time.Time
-		needBeat   bool
 		timerArmed bool
 	)
 	for {
-		select {
-		case <-c.done:
-			return
-		case <-c.q.wake:
-		case <-topoTimer.C:
-			timerArmed = false
-		case <-heartbeat.C:
-			// Every interval, busy or not, as weave does: the remote's read
-			// timeout is only twice as long.
-			needBeat = true
-		}
 		now := time.Now()
-		interval := r.topologyInterval
-		topoDue := now.Sub(lastTopo) >= interval
-		stillTopo := c.q.take(&batch, topoDue)
+		interval := c.router.topologyInterval
+		stillTopo := c.q.take(&batch, now.Sub(c.lastTopo) >= interval)
 		if stillTopo && !timerArmed {
-			topoTimer.Reset(interval - now.Sub(lastTopo))
+			topoTimer.Reset(interval - now.Sub(c.lastTopo))
 			timerArmed = true
 		}
-		out = getBuffer()
-		scratch = getBuffer()
-		var err error
-		switch {
-		case batch.sync:
-			// A sync request gets the remote's digest back: no need to
-			// send ours as well.
-			out, scratch, err = c.appendDigestFrames(out, scratch, syncChannel, enc.digest(r.Peers))
-		case batch.digest:
-			out, scratch, err = c.appendDigestFrames(out, scratch, digestChannel, enc.digest(r.Peers))
-		}
-		if len(batch.answers) > 0 {
-			var whole []PeerName
-			whole, err = enc.answers(r.Peers, batch.answers, func(delta []byte) error {
-				m := gossipMessage{Tag: tagGossip, Channel: deltaChannel, Src: r.Ourself.Name, Payload: delta}
-				scratch = appendGossipMessage(scratch[:0], &m)
-				out, err = c.appendFrame(out, scratch)
-				return err
-			})
-			if len(whole) > 0 {
-				batch.topo = append(batch.topo, whole...)
-				slices.Sort(batch.topo)
-				batch.topo = slices.Compact(batch.topo)
-			}
-		}
-		if err == nil && (batch.topoFull || len(batch.topo) > 0 || batch.ownChanged) {
-			lastTopo = now
-			var names []PeerName
-			if !batch.topoFull {
-				names = batch.topo
-			}
-			// Our own entry goes whole when asked for (in names, or the
-			// full topology), else as a delta from the version this
-			// connection last carried, if the remote takes deltas.
-			wholeOwn := batch.topoFull || slices.Contains(names, r.Ourself.Name)
-			var own *Peer
-			if wholeOwn || batch.ownChanged {
-				own = r.Peers.current(r.Ourself.Name)
-			}
-			if base := c.lastOwn; !wholeOwn && own != nil {
-				if c.digests && base != nil && base.UID == own.UID && base.Version < own.Version {
-					d := diffEntries(base, own)
-					payload := appendDelta(nil, &d)
-					m := gossipMessage{Tag: tagGossip, Channel: deltaChannel, Src: r.Ourself.Name, Payload: payload}
-					scratch = appendGossipMessage(scratch[:0], &m)
-					out, err = c.appendFrame(out, scratch)
-				} else if base == nil || base.UID != own.UID || base.Version < own.Version {
-					names = append(names, r.Ourself.Name)
-				}
-			}
-			if own != nil {
-				c.lastOwn = own
-			}
-			var msgs [][]byte
-			if err == nil && (batch.topoFull || len(names) > 0) {
-				msgs = enc.topology(r.Peers, names)
-			}
-			for _, msg := range msgs {
-				m := gossipMessage{Tag: tagGossip, Channel: topologyChannel, Src: r.Ourself.Name, Payload: msg}
-				scratch = appendGossipMessage(scratch[:0], &m)
-				if out, err = c.appendFrame(out, scratch); err != nil {
-					break
-				}
-			}
-		}
-		if err == nil && len(batch.announce) > 0 {
-			lastTopo = now
-			out, scratch, err = c.appendDigestFrames(out, scratch, announceChannel, enc.announce(r.Peers, batch.announce))
-		}
-		if err == nil && len(batch.pull) > 0 {
-			out, scratch, err = c.appendDigestFrames(out, scratch, pullChannel, enc.digestRecords(batch.pull))
-		}
-		for buf := batch.buf; err == nil && len(buf) >= 4; {
-			n := binary.BigEndian.Uint32(buf)
-			body := buf[4 : 4+n]
-			buf = buf[4+n:]
-			out, err = c.appendFrame(out, body)
-		}
-		for i := 0; err == nil && i < len(batch.keys); i++ {
-			k := batch.keys[i]
-			for _, msg := range batch.gossip[i].Encode() {
-				m := gossipMessage{Tag: k.tag, Channel: k.channel, Src: k.src, Payload: msg}
-				scratch = appendGossipMessage(scratch[:0], &m)
-				if out, err = c.appendFrame(out, scratch); err != nil {
-					break
-				}
-			}
-			batch.gossip[i] = nil
-		}
-		if err == nil && needBeat {
-			out, err = c.appendFrame(out, []byte{tagHeartbeat})
-		}
-		needBeat = false
-		if err == nil && len(out) > 0 {
-			err = c.write(out)
-		}
-		putBuffer(out)
-		putBuffer(scratch)
-		putBuffer(batch.buf)
-		out, scratch, batch.buf = nil, nil, nil
+		err := c.sendBatch(&batch, &enc, now)
 		idle := !stillTopo && len(c.q.wake) == 0
 		batch.release(idle)
 		enc.release(idle)
@@ -553,7 +454,132 @@ func (c *LocalConnection) writeLoop() {
 			c.shutdown(err)
 			return
 		}
+		linger.Reset(writerLinger)
+		for waiting := true; waiting; {
+			select {
+			case <-c.done:
+				return
+			case <-c.q.wake:
+				waiting = false
+			case <-topoTimer.C:
+				timerArmed = false
+				waiting = false
+			case <-linger.C:
+				if !timerArmed && c.q.stopWriterIfIdle() {
+					return
+				}
+				linger.Reset(writerLinger)
+			}
+		}
 	}
+}
+
+// sendBatch encodes and writes what the writer took from the queue.
+func (c *LocalConnection) sendBatch(batch *sendBatch, enc *topoEncoder, now time.Time) error {
+	r := c.router
+	out := getBuffer()
+	scratch := getBuffer()
+	defer func() {
+		putBuffer(out)
+		putBuffer(scratch)
+		putBuffer(batch.buf)
+		batch.buf = nil
+	}()
+	var err error
+	switch {
+	case batch.sync:
+		// A sync request gets the remote's digest back: no need to send
+		// ours as well.
+		out, scratch, err = c.appendDigestFrames(out, scratch, syncChannel, enc.digest(r.Peers))
+	case batch.digest:
+		out, scratch, err = c.appendDigestFrames(out, scratch, digestChannel, enc.digest(r.Peers))
+	}
+	if err == nil && len(batch.answers) > 0 {
+		var whole []PeerName
+		whole, err = enc.answers(r.Peers, batch.answers, func(delta []byte) error {
+			m := gossipMessage{Tag: tagGossip, Channel: deltaChannel, Src: r.Ourself.Name, Payload: delta}
+			scratch = appendGossipMessage(scratch[:0], &m)
+			var ferr error
+			out, ferr = c.appendFrame(out, scratch)
+			return ferr
+		})
+		if len(whole) > 0 {
+			batch.topo = append(batch.topo, whole...)
+			slices.Sort(batch.topo)
+			batch.topo = slices.Compact(batch.topo)
+		}
+	}
+	if err == nil && (batch.topoFull || len(batch.topo) > 0 || batch.ownChanged) {
+		c.lastTopo = now
+		var names []PeerName
+		if !batch.topoFull {
+			names = batch.topo
+		}
+		// Our own entry goes whole when asked for (in names, or the full
+		// topology), else as a delta from the version this connection
+		// last carried, if the remote takes deltas.
+		wholeOwn := batch.topoFull || slices.Contains(names, r.Ourself.Name)
+		var own *Peer
+		if wholeOwn || batch.ownChanged {
+			own = r.Peers.current(r.Ourself.Name)
+		}
+		if base := c.lastOwn; !wholeOwn && own != nil {
+			if c.digests && base != nil && base.UID == own.UID && base.Version < own.Version {
+				d := diffEntries(base, own)
+				payload := appendDelta(nil, &d)
+				m := gossipMessage{Tag: tagGossip, Channel: deltaChannel, Src: r.Ourself.Name, Payload: payload}
+				scratch = appendGossipMessage(scratch[:0], &m)
+				out, err = c.appendFrame(out, scratch)
+			} else if base == nil || base.UID != own.UID || base.Version < own.Version {
+				names = append(names, r.Ourself.Name)
+			}
+		}
+		if own != nil {
+			c.lastOwn = own
+		}
+		var msgs [][]byte
+		if err == nil && (batch.topoFull || len(names) > 0) {
+			msgs = enc.topology(r.Peers, names)
+		}
+		for _, msg := range msgs {
+			m := gossipMessage{Tag: tagGossip, Channel: topologyChannel, Src: r.Ourself.Name, Payload: msg}
+			scratch = appendGossipMessage(scratch[:0], &m)
+			if out, err = c.appendFrame(out, scratch); err != nil {
+				break
+			}
+		}
+	}
+	if err == nil && len(batch.announce) > 0 {
+		c.lastTopo = now
+		out, scratch, err = c.appendDigestFrames(out, scratch, announceChannel, enc.announce(r.Peers, batch.announce))
+	}
+	if err == nil && len(batch.pull) > 0 {
+		out, scratch, err = c.appendDigestFrames(out, scratch, pullChannel, enc.digestRecords(batch.pull))
+	}
+	for buf := batch.buf; err == nil && len(buf) >= 4; {
+		n := binary.BigEndian.Uint32(buf)
+		body := buf[4 : 4+n]
+		buf = buf[4+n:]
+		out, err = c.appendFrame(out, body)
+	}
+	for i := 0; err == nil && i < len(batch.keys); i++ {
+		k := batch.keys[i]
+		for _, msg := range batch.gossip[i].Encode() {
+			m := gossipMessage{Tag: k.tag, Channel: k.channel, Src: k.src, Payload: msg}
+			scratch = appendGossipMessage(scratch[:0], &m)
+			if out, err = c.appendFrame(out, scratch); err != nil {
+				break
+			}
+		}
+		batch.gossip[i] = nil
+	}
+	if err == nil && batch.beat {
+		out, err = c.appendFrame(out, []byte{tagHeartbeat})
+	}
+	if err == nil && len(out) > 0 {
+		err = c.write(out)
+	}
+	return err
 }
 
 // appendDigestFrames adds one frame per message of digest records on

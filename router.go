@@ -364,10 +364,14 @@ func (router *Router) Start() error {
 	for _, ch := range router.channels {
 		router.startChannel(ch)
 	}
-	router.wg.Add(3)
+	router.wg.Add(4)
 	go func() {
 		defer router.wg.Done()
 		router.acceptLoop(ln)
+	}()
+	go func() {
+		defer router.wg.Done()
+		router.heartbeatLoop()
 	}()
 	go func() {
 		defer router.wg.Done()
@@ -801,6 +805,25 @@ func (router *Router) topologyLoop() {
 		// more than maxRouteGap for it.
 		lastPass = time.Now()
 		minGap = max(routeDelay, min(10*lastPass.Sub(began), maxRouteGap), time.Duration(router.Peers.Len())*routeGapPerPeer)
+	}
+}
+
+// heartbeatLoop queues a heartbeat on every connection every heartbeat
+// interval, busy or not, as weave does: the remote's read timeout is only
+// twice as long. It has a goroutine of its own, so that nothing the
+// topology loop does (a long pass, a slow callback) delays heartbeats.
+func (router *Router) heartbeatLoop() {
+	ticker := time.NewTicker(router.heartbeatInterval)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-router.stop:
+			return
+		case <-ticker.C:
+			for _, c := range router.connections() {
+				c.q.pushHeartbeat()
+			}
+		}
 	}
 }
 

@@ -85,6 +85,15 @@ type sendQueue struct {
 	surrogateBytes int
 	// metrics counts merges; nil in tests.
 	metrics *routerMetrics
+	// beat asks for a heartbeat.
+	beat bool
+
+	// writing is set while a writer goroutine runs; startWriter starts
+	// one (nil until the connection may be written to). A writer ends
+	// only with the queue empty (stopWriterIfIdle), and the next push
+	// starts another, so at most one runs at a time.
+	writing     bool
+	startWriter func()
 
 	// wake has room for one token: the writer's wake-up call.
 	wake chan struct{}
@@ -94,11 +103,76 @@ func newSendQueue(limit int) *sendQueue {
 	return &sendQueue{limit: limit, wake: make(chan struct{}, 1)}
 }
 
+// signal makes sure a writer looks at the queue: it wakes the writer, or
+// starts one.
 func (q *sendQueue) signal() {
+	q.mu.Lock()
+	start := q.needWriterLocked()
+	q.mu.Unlock()
+	q.wakeWriter(start)
+}
+
+// needWriterLocked reports whether no writer runs and one must be
+// started; the caller holds mu, and then calls wakeWriter.
+func (q *sendQueue) needWriterLocked() bool {
+	if q.writing || q.closed || q.startWriter == nil {
+		return false
+	}
+	q.writing = true
+	return true
+}
+
+// wakeWriter starts a writer, or wakes the one running.
+func (q *sendQueue) wakeWriter(start bool) {
+	if start {
+		q.startWriter()
+		return
+	}
 	select {
 	case q.wake <- struct{}{}:
 	default:
 	}
+}
+
+// setStartWriter sets how writers are started, and starts one if
+// something is queued already.
+func (q *sendQueue) setStartWriter(start func()) {
+	q.mu.Lock()
+	q.startWriter = start
+	need := !q.emptyLocked() && q.needWriterLocked()
+	q.mu.Unlock()
+	if need {
+		q.wakeWriter(true)
+	}
+}
+
+// emptyLocked reports whether nothing is queued; the caller holds mu.
+func (q *sendQueue) emptyLocked() bool {
+	return len(q.buf) == 0 && !q.topoFull && len(q.topo.names) == 0 && len(q.announce.names) == 0 &&
+		len(q.pull) == 0 && len(q.answers) == 0 && !q.ownChanged && !q.digest && !q.sync && !q.beat &&
+		len(q.order) == 0
+}
+
+// stopWriterIfIdle is called by the writer after waiting in vain: it
+// reports whether the writer is to end, nothing being queued.
+func (q *sendQueue) stopWriterIfIdle() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if !q.emptyLocked() || len(q.wake) > 0 {
+		return false
+	}
+	q.writing = false
+	return true
+}
+
+// pushHeartbeat asks for a heartbeat.
+func (q *sendQueue) pushHeartbeat() {
+	q.mu.Lock()
+	if !q.closed {
+		q.beat = true
+	}
+	q.mu.Unlock()
+	q.signal()
 }
 
 // reserve makes room for a body of n bytes, returning the offset of its
@@ -321,6 +395,7 @@ type sendBatch struct {
 	ownChanged bool
 	digest     bool
 	sync       bool
+	beat       bool
 	gossip     []GossipData
 	keys       []gossipKey
 }
@@ -348,6 +423,7 @@ func (q *sendQueue) take(b *sendBatch, withTopology bool) (hasTopology bool) {
 	b.pull, q.pull = q.pull, nil
 	b.digest, q.digest = q.digest, false
 	b.sync, q.sync = q.sync, false
+	b.beat, q.beat = q.beat, false
 	b.keys = b.keys[:0]
 	b.gossip = b.gossip[:0]
 	for _, k := range q.order {

@@ -196,14 +196,15 @@ func routesEverywhere(nodes []*node) (bool, string) {
 	return true, ""
 }
 
-// routerGoroutines counts the goroutines the given routers should be
-// running: the accept loop, the topology loop, the connection maker and
-// one per gossip channel each; a reader per connection, and a writer too
-// once it is registered; and a dialler per dial under way.
+// routerGoroutines counts the goroutines the given routers may be
+// running at most: the accept loop, the topology loop, the heartbeat loop,
+// the connection maker and one per gossip channel each; a reader per
+// connection, and a writer too once it is registered (while it has
+// something to send); and a dialler per dial under way.
 func routerGoroutines(nodes []*node, channels int) int {
 	total := 0
 	for _, n := range nodes {
-		total += 3 + channels
+		total += 4 + channels
 		for _, c := range mesh.NewStatus(n.router).Connections {
 			switch c.State {
 			case "pending", "connecting":
