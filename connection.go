@@ -57,8 +57,8 @@ type LocalConnection struct {
 	// lastTopo when topology was last sent (only the writer uses them).
 	lastOwn  *Peer
 	lastTopo time.Time
-	reader  *frameReader
-	writer  *frameWriter
+	reader   *frameReader
+	writer   *frameWriter
 	// first is a frame the handshake read (see handshakeResult.first).
 	first []byte
 	// rs is the reader's scratch space.

@@ -460,9 +460,7 @@ func (cm *ConnectionMaker) attemptEnded(t *target, started time.Time, err error)
 
 // discoveryLimit is the number of connections up to which discovered
 // peers are dialled.
-func (cm *ConnectionMaker) discoveryLimit() int {
-	return min(cm.router.ConnLimit, cm.router.DiscoveryDegree)
-}
+func (cm *ConnectionMaker) discoveryLimit() int { return cm.router.discoveryLimit() }
 
 // rank orders discovered peers for this peer: a hash of their name mixed
 // with ours, so that every peer has an order of its own.
@@ -516,18 +514,32 @@ func (cm *ConnectionMaker) topologyChanged() {
 	view := r.Peers.view()
 	// The candidates: peers with an entry we are not connected to, the
 	// lowest ranks first.
+	// Peers that report fewer connections than the discovery degree come
+	// first: a peer that has enough would end up with more than it needs,
+	// and every connection costs both ends memory and the whole mesh
+	// topology traffic.
 	type candidate struct {
+		full bool
 		rank uint64
 		peer *Peer
 	}
+	limit := cm.discoveryLimit()
 	var cands []candidate
 	view.peers.Ascend(func(p *Peer) bool {
 		if p.Name != r.Ourself.Name && !p.isPlaceholder() && !connected[p.Name] {
-			cands = append(cands, candidate{cm.rank(p.Name), p})
+			cands = append(cands, candidate{len(p.conns) >= limit, cm.rank(p.Name), p})
 		}
 		return true
 	})
-	slices.SortFunc(cands, func(a, b candidate) int { return cmp.Compare(a.rank, b.rank) })
+	slices.SortFunc(cands, func(a, b candidate) int {
+		if a.full != b.full {
+			if a.full {
+				return 1
+			}
+			return -1
+		}
+		return cmp.Compare(a.rank, b.rank)
+	})
 
 	cm.mu.Lock()
 	defer cm.mu.Unlock()

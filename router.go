@@ -626,6 +626,13 @@ func (router *Router) watchOverlay(c *LocalConnection) {
 // know only this one (the hub of a star) must still be able to join.
 const inboundHeadroom = 4
 
+// discoveryLimit is the number of connections up to which discovered
+// peers are dialled, and beyond which a peer that found us by discovery is
+// refused.
+func (router *Router) discoveryLimit() int {
+	return min(router.ConnLimit, router.DiscoveryDegree)
+}
+
 // connectionCap is the most connections we may have when adding one.
 func (router *Router) connectionCap(outbound bool) int {
 	if outbound {
