@@ -106,7 +106,7 @@ const (
 	// exchanges digests with a random neighbour; digestIntervalPerPeer
 	// spaces them more in large meshes, where a digest is large and every
 	// router sends one: 5 s at a thousand peers. An entry asked of a
-	// neighbour and not received in time starts an exchange at once.
+	// neighbour and not received in time starts an exchange too.
 	digestInterval        = time.Second
 	digestIntervalPerPeer = 5 * time.Millisecond
 	// gcGrace is how long a peer stays unreachable before it is removed:
@@ -145,7 +145,11 @@ type Router struct {
 	limits            topologyLimits
 	acceptGuard       *acceptGuard
 
-	mu       sync.RWMutex
+	mu sync.RWMutex
+	// ownMu serializes the updates of our own entry from our connections,
+	// so that the last update made is from the last list of connections;
+	// it is taken before Peers.mu, and never with mu held.
+	ownMu    sync.Mutex
 	channels map[string]*gossipChannel
 	conns    map[PeerName]*LocalConnection
 	pending  map[*LocalConnection]struct{} // every connection not yet ended
@@ -546,13 +550,19 @@ func (router *Router) addConnection(c *LocalConnection) error {
 	router.conns[c.remoteName] = c
 	established := overlayEstablished(c.overlayConn)
 	c.established.Store(established)
-	router.Peers.mu.Lock()
-	_, added := router.Peers.topo.addPeerIfUnknown(c.remoteSumm)
-	router.Peers.topo.setOurConnections(router.connectionSummaries())
-	sameNames := c.hasRemoteNames && c.remoteNames == router.Peers.topo.namesHash
-	router.Peers.mu.Unlock()
 	others := router.otherConnections(c)
 	router.mu.Unlock()
+	// router.mu is not held while the topology is locked: readers of our
+	// connections (every relayed message) need not wait for the
+	// topology's writers.
+	router.ownMu.Lock()
+	summaries := router.ourSummaries()
+	router.Peers.mu.Lock()
+	_, added := router.Peers.topo.addPeerIfUnknown(c.remoteSumm)
+	router.Peers.topo.setOurConnections(summaries)
+	sameNames := c.hasRemoteNames && c.remoteNames == router.Peers.topo.namesHash
+	router.Peers.mu.Unlock()
+	router.ownMu.Unlock()
 	if replaced != nil {
 		replaced.shutdown(ErrDuplicateConnection)
 	}
@@ -659,16 +669,26 @@ func (router *Router) removeConnection(c *LocalConnection) {
 // ourConnectionsChanged rebuilds our topology entry from our connections
 // and tells every neighbour (but except).
 func (router *Router) ourConnectionsChanged(except *LocalConnection) {
-	router.mu.RLock()
+	router.ownMu.Lock()
+	summaries := router.ourSummaries()
 	router.Peers.mu.Lock()
-	router.Peers.topo.setOurConnections(router.connectionSummaries())
+	router.Peers.topo.setOurConnections(summaries)
 	router.Peers.mu.Unlock()
+	router.ownMu.Unlock()
+	router.mu.RLock()
 	others := router.otherConnections(except)
 	router.mu.RUnlock()
 	for _, o := range others {
 		o.q.pushOwnChange()
 	}
 	router.topologyChanged()
+}
+
+// ourSummaries lists our connections as they are now.
+func (router *Router) ourSummaries() []connectionSummary {
+	router.mu.RLock()
+	defer router.mu.RUnlock()
+	return router.connectionSummaries()
 }
 
 // connectionSummaries lists our connections; the caller holds router.mu.
@@ -758,8 +778,14 @@ func (router *Router) topologyLoop() {
 		case now := <-digestTicker.C:
 			// An entry asked for and not received may be missing still:
 			// a digest exchange finds it.
+			// Both are spaced by the size of the mesh: on a machine too
+			// busy to answer pulls in time, exchanges every second would
+			// only add to the load.
+			if router.expirePulls() {
+				changedSinceDigest = true
+			}
 			spacing := max(digestInterval, time.Duration(router.Peers.Len())*digestIntervalPerPeer)
-			if router.expirePulls() || (changedSinceDigest && now.Sub(lastDigest) >= spacing-digestInterval/2) {
+			if changedSinceDigest && now.Sub(lastDigest) >= spacing-digestInterval/2 {
 				changedSinceDigest = false
 				lastDigest = now
 				router.sendDigestToRandomNeighbour()
