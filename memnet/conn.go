@@ -18,7 +18,7 @@ type connPair struct {
 	hostA, hostB string
 	a, b         *Conn
 	ab, ba       *pipe
-	closedEnds   int // guarded by Network.mu
+	closedEnds   atomic.Int32
 }
 
 func (p *connPair) pipes() [2]*pipe { return [2]*pipe{p.ab, p.ba} }
@@ -37,20 +37,6 @@ type Conn struct {
 }
 
 var _ net.Conn = (*Conn)(nil)
-
-func newConn(p *connPair, h *Host, localPort int, local, remote Addr, rd, wr *pipe) *Conn {
-	return &Conn{
-		pair:      p,
-		host:      h,
-		localPort: localPort,
-		local:     local,
-		remote:    remote,
-		rd:        rd,
-		wr:        wr,
-		rdl:       newDeadline(),
-		wdl:       newDeadline(),
-	}
-}
 
 func (c *Conn) opError(op string, err error) error {
 	return &net.OpError{Op: op, Net: networkName, Source: c.local, Addr: c.remote, Err: err}
@@ -86,15 +72,11 @@ func (c *Conn) Close() error {
 	c.wr.closeWriter()
 	c.rdl.set(time.Time{})
 	c.wdl.set(time.Time{})
-	n := c.host.net
-	n.mu.Lock()
-	defer n.mu.Unlock()
 	if c.localPort != 0 {
-		delete(c.host.ports, c.localPort)
+		c.host.releasePort(c.localPort)
 	}
-	c.pair.closedEnds++
-	if c.pair.closedEnds == 2 {
-		n.forgetLocked(c.pair)
+	if c.pair.closedEnds.Add(1) == 2 {
+		c.host.net.retire(c.pair)
 	}
 	return nil
 }

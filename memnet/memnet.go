@@ -53,9 +53,7 @@ package memnet
 
 import (
 	"context"
-	"encoding/binary"
 	"fmt"
-	"hash/fnv"
 	"net"
 	"os"
 	"slices"
@@ -109,7 +107,13 @@ type Config struct {
 //
 // Locking: Network.mu guards hosts, listeners, faults and the set of
 // connections; each direction of a connection (a pipe) has its own mutex,
-// taken after Network.mu when both are needed, never before.
+// taken after Network.mu when both are needed, never before. Closing a
+// connection takes neither Network.mu nor a pipe's mutex for long: it
+// releases its port under its host's portsMu and leaves the pair on
+// Network.dead, from which the next holder of Network.mu removes it. With
+// a thousand hosts, thousands of connections can close at once, and
+// making each wait for Network.mu queued them behind one another for
+// minutes.
 type Network struct {
 	cfg  Config
 	seed uint64
@@ -123,6 +127,10 @@ type Network struct {
 	jitter      time.Duration
 	linkLatency map[link]time.Duration
 	pairs       map[*connPair]struct{}
+	// deadMu guards dead: pairs closed at both ends, still in pairs until
+	// sweepLocked removes them.
+	deadMu sync.Mutex
+	dead   []*connPair
 	// dials counts the connections made so far from one host to a port
 	// of another: it numbers them for their jitter sources.
 	dials map[dialKey]uint64
@@ -214,6 +222,7 @@ func (n *Network) Hosts() []string {
 func (n *Network) Conns() int {
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	n.sweepLocked()
 	return len(n.pairs)
 }
 
@@ -234,6 +243,7 @@ func (n *Network) Made() uint64 {
 func (n *Network) Close() {
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	n.sweepLocked()
 	n.closed = true
 	for _, h := range n.hosts {
 		for _, l := range h.listeners {
@@ -370,6 +380,7 @@ func (n *Network) setStalled(host string, stalled bool) {
 		return
 	}
 	h.stalled = stalled
+	n.sweepLocked()
 	for p := range h.pairs {
 		for _, pp := range p.pipes() {
 			if pp.to == host {
@@ -401,6 +412,7 @@ func (n *Network) ResetAll() int {
 func (n *Network) resetWhere(match func(*connPair) bool) int {
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	n.sweepLocked()
 	count := 0
 	for p := range n.pairs {
 		if match(p) {
@@ -418,6 +430,24 @@ func (n *Network) resetLocked(p *connPair) {
 	n.forgetLocked(p)
 }
 
+// retire records that p is closed at both ends, for sweepLocked.
+func (n *Network) retire(p *connPair) {
+	n.deadMu.Lock()
+	n.dead = append(n.dead, p)
+	n.deadMu.Unlock()
+}
+
+// sweepLocked forgets the pairs retired since the last sweep.
+func (n *Network) sweepLocked() {
+	n.deadMu.Lock()
+	dead := n.dead
+	n.dead = nil
+	n.deadMu.Unlock()
+	for _, p := range dead {
+		n.forgetLocked(p)
+	}
+}
+
 func (n *Network) forgetLocked(p *connPair) {
 	delete(n.pairs, p)
 	if h := n.hosts[p.hostA]; h != nil {
@@ -431,6 +461,7 @@ func (n *Network) forgetLocked(p *connPair) {
 // refreshLocked applies the current faults to every connection and wakes
 // the dials waiting for a path.
 func (n *Network) refreshLocked() {
+	n.sweepLocked()
 	now := time.Now()
 	for p := range n.pairs {
 		for _, pp := range p.pipes() {
@@ -451,12 +482,15 @@ type Host struct {
 	name string
 
 	// Guarded by net.mu.
-	listeners     map[int]*listener
+	listeners map[int]*listener
+	pairs     map[*connPair]struct{}
+	stalled   bool
+
+	// Guarded by portsMu, taken after net.mu when both are needed.
+	portsMu       sync.Mutex
 	ports         map[int]bool // listening ports and local ports of dialled connections
-	pairs         map[*connPair]struct{}
 	nextListen    int
 	nextEphemeral int
-	stalled       bool
 }
 
 var _ mesh.Transport = (*Host)(nil)
@@ -485,22 +519,23 @@ func (h *Host) Listen(address string) (net.Listener, error) {
 		return nil, &net.OpError{Op: "listen", Net: networkName, Addr: h.Addr(port), Err: net.ErrClosed}
 	}
 	if port == 0 {
-		port = h.freePortLocked(&h.nextListen, firstListenPort, firstEphemeralPort)
+		port = h.claimFreePort(&h.nextListen, firstListenPort, firstEphemeralPort)
 		if port == 0 {
 			return nil, &net.OpError{Op: "listen", Net: networkName, Addr: h.Addr(0), Err: syscall.EADDRINUSE}
 		}
-	} else if h.ports[port] {
+	} else if !h.claimPort(port) {
 		return nil, &net.OpError{Op: "listen", Net: networkName, Addr: h.Addr(port), Err: syscall.EADDRINUSE}
 	}
 	l := &listener{host: h, port: port, notify: make(chan struct{})}
-	h.ports[port] = true
 	h.listeners[port] = l
 	return l, nil
 }
 
-// freePortLocked returns a free port in [lo, hi), searching from *next,
-// or 0 when there is none.
-func (h *Host) freePortLocked(next *int, lo, hi int) int {
+// claimFreePort marks as used and returns a free port in [lo, hi),
+// searching from *next (which it advances), or returns 0 if there is none.
+func (h *Host) claimFreePort(next *int, lo, hi int) int {
+	h.portsMu.Lock()
+	defer h.portsMu.Unlock()
 	for range hi - lo {
 		p := *next
 		*next++
@@ -508,10 +543,29 @@ func (h *Host) freePortLocked(next *int, lo, hi int) int {
 			*next = lo
 		}
 		if !h.ports[p] {
+			h.ports[p] = true
 			return p
 		}
 	}
 	return 0
+}
+
+// claimPort marks port as used, unless it is already.
+func (h *Host) claimPort(port int) bool {
+	h.portsMu.Lock()
+	defer h.portsMu.Unlock()
+	if h.ports[port] {
+		return false
+	}
+	h.ports[port] = true
+	return true
+}
+
+// releasePort marks port as free.
+func (h *Host) releasePort(port int) {
+	h.portsMu.Lock()
+	delete(h.ports, port)
+	h.portsMu.Unlock()
 }
 
 // Dial is DialContext without a context.
@@ -536,6 +590,10 @@ func (h *Host) DialContext(ctx context.Context, address string) (net.Conn, error
 	}
 	timeout := time.NewTimer(n.cfg.DialTimeout)
 	defer timeout.Stop()
+	// Allocated before Network.mu is taken: an allocation can make its
+	// goroutine assist the garbage collector, and every other dial, accept
+	// and fault would wait for it.
+	shell := newPairShell()
 	roundTripDone := false
 	for {
 		if err := ctx.Err(); err != nil {
@@ -556,7 +614,7 @@ func (h *Host) DialContext(ctx context.Context, address string) (net.Conn, error
 				}
 				continue // the path may have changed meanwhile
 			}
-			c, err := h.connectLocked(n.hosts[host], port)
+			c, err := h.connectLocked(n.hosts[host], port, shell)
 			n.mu.Unlock()
 			if err != nil {
 				return nil, opErr(err)
@@ -575,26 +633,38 @@ func (h *Host) DialContext(ctx context.Context, address string) (net.Conn, error
 	}
 }
 
-// connectLocked makes a connection from h to port of remote and queues
-// its far end on the listener.
-func (h *Host) connectLocked(remote *Host, port int) (*Conn, error) {
+// newPairShell allocates what a connection is made of, to be filled in by
+// connectLocked.
+func newPairShell() *connPair {
+	p := &connPair{
+		ab: &pipe{notify: make(chan struct{})},
+		ba: &pipe{notify: make(chan struct{})},
+	}
+	p.a = &Conn{pair: p, rd: p.ba, wr: p.ab, rdl: newDeadline(), wdl: newDeadline()}
+	p.b = &Conn{pair: p, rd: p.ab, wr: p.ba, rdl: newDeadline(), wdl: newDeadline()}
+	return p
+}
+
+// connectLocked makes a connection from h to port of remote out of p (from
+// newPairShell) and queues its far end on the listener.
+func (h *Host) connectLocked(remote *Host, port int, p *connPair) (*Conn, error) {
 	n := h.net
+	n.sweepLocked()
 	l := remote.listeners[port]
 	if l == nil || l.closed || len(l.queue) >= n.cfg.Backlog {
 		return nil, syscall.ECONNREFUSED
 	}
-	local := h.freePortLocked(&h.nextEphemeral, firstEphemeralPort, 65536)
+	local := h.claimFreePort(&h.nextEphemeral, firstEphemeralPort, 65536)
 	if local == 0 {
 		return nil, syscall.EADDRNOTAVAIL
 	}
-	h.ports[local] = true
 	key := dialKey{h.name, remote.name, port}
 	n.dials[key]++
-	p := &connPair{hostA: h.name, hostB: remote.name}
-	p.ab = n.newPipeLocked(h.name, remote.name, jitterStream(key, n.dials[key], false))
-	p.ba = n.newPipeLocked(remote.name, h.name, jitterStream(key, n.dials[key], true))
-	p.a = newConn(p, h, local, Addr{h.name, local}, Addr{remote.name, port}, p.ba, p.ab)
-	p.b = newConn(p, remote, 0, Addr{remote.name, port}, Addr{h.name, local}, p.ab, p.ba)
+	p.hostA, p.hostB = h.name, remote.name
+	n.initPipeLocked(p.ab, h.name, remote.name, jitterStream(key, n.dials[key], false))
+	n.initPipeLocked(p.ba, remote.name, h.name, jitterStream(key, n.dials[key], true))
+	p.a.host, p.a.localPort, p.a.local, p.a.remote = h, local, Addr{h.name, local}, Addr{remote.name, port}
+	p.b.host, p.b.local, p.b.remote = remote, Addr{remote.name, port}, Addr{h.name, local}
 	n.pairs[p] = struct{}{}
 	h.pairs[p] = struct{}{}
 	remote.pairs[p] = struct{}{}
@@ -604,40 +674,44 @@ func (h *Host) connectLocked(remote *Host, port int) (*Conn, error) {
 }
 
 // jitterStream identifies the jitter source of one direction of the
-// count-th connection made from key.from to key.port of key.to: a hash of
-// the three, the count and the direction (back is from the listener to the
-// dialler), so that each pipe draws a sequence of its own.
+// count-th connection made from key.from to key.port of key.to: a 64-bit
+// FNV-1a hash of the three, the count and the direction (back is from the
+// listener to the dialler), so that each pipe draws a sequence of its own.
+// It allocates nothing: it runs under Network.mu.
 func jitterStream(key dialKey, count uint64, back bool) uint64 {
-	var b []byte
-	for _, s := range []string{key.from, key.to} {
-		b = binary.BigEndian.AppendUint64(b, uint64(len(s)))
-		b = append(b, s...)
+	const prime = 1099511628211
+	h := uint64(14695981039346656037)
+	byteIn := func(b byte) { h = (h ^ uint64(b)) * prime }
+	uintIn := func(v uint64) {
+		for shift := 56; shift >= 0; shift -= 8 {
+			byteIn(byte(v >> shift))
+		}
 	}
-	b = binary.BigEndian.AppendUint64(b, uint64(key.port))
-	b = binary.BigEndian.AppendUint64(b, count)
+	for _, s := range [2]string{key.from, key.to} {
+		uintIn(uint64(len(s)))
+		for i := range len(s) {
+			byteIn(s[i])
+		}
+	}
+	uintIn(uint64(key.port))
+	uintIn(count)
 	if back {
-		b = append(b, 1)
+		byteIn(1)
 	} else {
-		b = append(b, 0)
+		byteIn(0)
 	}
-	h := fnv.New64a()
-	h.Write(b)
-	return h.Sum64()
+	return h
 }
 
-func (n *Network) newPipeLocked(from, to string, stream uint64) *pipe {
-	p := &pipe{
-		seed:    n.seed,
-		stream:  stream,
-		from:    from,
-		to:      to,
-		cap:     n.cfg.BufferSize,
-		latency: n.latencyLocked(from, to),
-		jitter:  n.jitter,
-		stalled: n.hosts[to].stalled,
-		notify:  make(chan struct{}),
-	}
-	return p
+// initPipeLocked fills in a pipe of newPairShell.
+func (n *Network) initPipeLocked(p *pipe, from, to string, stream uint64) {
+	p.seed = n.seed
+	p.stream = stream
+	p.from, p.to = from, to
+	p.cap = n.cfg.BufferSize
+	p.latency = n.latencyLocked(from, to)
+	p.jitter = n.jitter
+	p.stalled = n.hosts[to].stalled
 }
 
 func sleepContext(ctx context.Context, d time.Duration) error {
@@ -737,7 +811,7 @@ func (l *listener) closeLocked() {
 	}
 	l.queue = nil
 	delete(l.host.listeners, l.port)
-	delete(l.host.ports, l.port)
+	l.host.releasePort(l.port)
 	l.signalLocked()
 }
 
