@@ -238,7 +238,7 @@ type DropMetrics struct {
 func (router *Router) Metrics() Metrics {
 	m := &router.metrics
 	out := Metrics{
-		Peers:               router.Peers.Len(),
+		Peers:               router.Peers.count(),
 		ReachablePeers:      router.Routes.reachableCount(),
 		RouteRecomputations: m.routeRecomputations.Load(),
 		RouteChanges:        m.routeChanges.Load(),

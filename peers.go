@@ -69,6 +69,10 @@ func (peers *Peers) Fetch(name PeerName) *Peer {
 	return p
 }
 
+// count returns the number of peers without taking a snapshot (which
+// would make the router's next changes copy the nodes it shares).
+func (peers *Peers) count() int { return int(peers.topo.size.Load()) }
+
 // current returns the peer's entry as it is now, waiting for the router if
 // it is changing the table.
 func (peers *Peers) current(name PeerName) *Peer {

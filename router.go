@@ -784,7 +784,7 @@ func (router *Router) topologyLoop() {
 			if router.expirePulls() {
 				changedSinceDigest = true
 			}
-			spacing := max(digestInterval, time.Duration(router.Peers.Len())*digestIntervalPerPeer)
+			spacing := max(digestInterval, time.Duration(router.Peers.count())*digestIntervalPerPeer)
 			if changedSinceDigest && now.Sub(lastDigest) >= spacing-digestInterval/2 {
 				changedSinceDigest = false
 				lastDigest = now
@@ -837,7 +837,7 @@ func (router *Router) topologyLoop() {
 		// and for a CPU too: it is capped, so that routes never lag by
 		// more than maxRouteGap for it.
 		lastPass = time.Now()
-		minGap = max(routeDelay, min(10*lastPass.Sub(began), maxRouteGap), time.Duration(router.Peers.Len())*routeGapPerPeer)
+		minGap = max(routeDelay, min(10*lastPass.Sub(began), maxRouteGap), time.Duration(router.Peers.count())*routeGapPerPeer)
 	}
 }
 

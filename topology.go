@@ -26,7 +26,10 @@ type topology struct {
 	gen uint64
 	// published is gen, for readers that hold no lock (see Peers.view).
 	published atomic.Uint64
-	limits    topologyLimits
+	// size is the number of entries, for readers that hold no lock and
+	// need no snapshot.
+	size   atomic.Int64
+	limits topologyLimits
 
 	// graph holds the entries as a graph, for routes and reachability.
 	graph *peerGraph
@@ -91,6 +94,7 @@ func (t *topology) put(p *Peer) {
 	t.graph.put(p)
 	t.gen++
 	t.published.Store(t.gen)
+	t.size.Store(int64(len(t.byName)))
 }
 
 // remove deletes a peer's entry.
@@ -103,6 +107,7 @@ func (t *topology) remove(p *Peer) {
 	t.graph.remove(p.Name)
 	t.gen++
 	t.published.Store(t.gen)
+	t.size.Store(int64(len(t.byName)))
 }
 
 // get returns the peer with the given name, or nil.

@@ -105,20 +105,20 @@ type Config struct {
 // Network is a set of hosts and the links between them. Its methods are
 // safe for concurrent use.
 //
-// Locking: Network.mu guards hosts, listeners, faults and the set of
-// connections; each direction of a connection (a pipe) has its own mutex,
-// taken after Network.mu when both are needed, never before. Closing a
-// connection takes neither Network.mu nor a pipe's mutex for long: it
-// releases its port under its host's portsMu and leaves the pair on
-// Network.dead, from which the next holder of Network.mu removes it. With
-// a thousand hosts, thousands of connections can close at once, and
-// making each wait for Network.mu queued them behind one another for
-// minutes.
+// Locking, in the order locks are taken: Network.mu guards hosts,
+// listeners and faults, which change rarely: dials only read them;
+// Network.pairsMu guards the set of connections; each listener's mu its
+// queue; each host's portsMu its ports; each direction of a connection (a
+// pipe) has its own mutex. Closing a connection takes none of these but
+// its host's portsMu: it leaves the pair on Network.dead, from which the
+// next holder of pairsMu removes it. With a thousand hosts, thousands of
+// connections dial, accept and close at once, and a single lock for all of
+// it queued them behind one another for minutes.
 type Network struct {
 	cfg  Config
 	seed uint64
 
-	mu          sync.Mutex
+	mu          sync.RWMutex
 	closed      bool
 	hosts       map[string]*Host
 	cuts        map[link]bool
@@ -126,14 +126,16 @@ type Network struct {
 	latency     time.Duration
 	jitter      time.Duration
 	linkLatency map[link]time.Duration
-	pairs       map[*connPair]struct{}
+	pairsMu     sync.Mutex
+	pairs       map[*connPair]struct{} // guarded by pairsMu
+	// dials counts the connections made so far from one host to a port
+	// of another: it numbers them for their jitter sources. Guarded by
+	// pairsMu.
+	dials map[dialKey]uint64
 	// deadMu guards dead: pairs closed at both ends, still in pairs until
 	// sweepLocked removes them.
 	deadMu sync.Mutex
 	dead   []*connPair
-	// dials counts the connections made so far from one host to a port
-	// of another: it numbers them for their jitter sources.
-	dials map[dialKey]uint64
 	// changed is closed and replaced whenever reachability changes or a
 	// host appears, to wake dials waiting for a path.
 	changed chan struct{}
@@ -207,8 +209,8 @@ func (n *Network) Host(name string) *Host {
 
 // Hosts returns the names of the hosts created so far, sorted.
 func (n *Network) Hosts() []string {
-	n.mu.Lock()
-	defer n.mu.Unlock()
+	n.mu.RLock()
+	defer n.mu.RUnlock()
 	out := make([]string, 0, len(n.hosts))
 	for name := range n.hosts {
 		out = append(out, name)
@@ -220,8 +222,8 @@ func (n *Network) Hosts() []string {
 // Conns returns the number of connections open on the network: neither
 // reset nor closed at both ends.
 func (n *Network) Conns() int {
-	n.mu.Lock()
-	defer n.mu.Unlock()
+	n.pairsMu.Lock()
+	defer n.pairsMu.Unlock()
 	n.sweepLocked()
 	return len(n.pairs)
 }
@@ -229,8 +231,8 @@ func (n *Network) Conns() int {
 // Made returns the number of connections made on the network so far,
 // open or not.
 func (n *Network) Made() uint64 {
-	n.mu.Lock()
-	defer n.mu.Unlock()
+	n.pairsMu.Lock()
+	defer n.pairsMu.Unlock()
 	var total uint64
 	for _, count := range n.dials {
 		total += count
@@ -243,16 +245,18 @@ func (n *Network) Made() uint64 {
 func (n *Network) Close() {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	n.sweepLocked()
 	n.closed = true
 	for _, h := range n.hosts {
 		for _, l := range h.listeners {
 			l.closeLocked()
 		}
 	}
+	n.pairsMu.Lock()
+	n.sweepLocked()
 	for p := range n.pairs {
 		n.resetLocked(p)
 	}
+	n.pairsMu.Unlock()
 	n.changedLocked()
 }
 
@@ -322,8 +326,8 @@ func (n *Network) HealAll() {
 
 // Reachable reports whether bytes flow from one host to another now.
 func (n *Network) Reachable(from, to string) bool {
-	n.mu.Lock()
-	defer n.mu.Unlock()
+	n.mu.RLock()
+	defer n.mu.RUnlock()
 	return n.reachableLocked(from, to)
 }
 
@@ -380,6 +384,8 @@ func (n *Network) setStalled(host string, stalled bool) {
 		return
 	}
 	h.stalled = stalled
+	n.pairsMu.Lock()
+	defer n.pairsMu.Unlock()
 	n.sweepLocked()
 	for p := range h.pairs {
 		for _, pp := range p.pipes() {
@@ -410,8 +416,8 @@ func (n *Network) ResetAll() int {
 }
 
 func (n *Network) resetWhere(match func(*connPair) bool) int {
-	n.mu.Lock()
-	defer n.mu.Unlock()
+	n.pairsMu.Lock()
+	defer n.pairsMu.Unlock()
 	n.sweepLocked()
 	count := 0
 	for p := range n.pairs {
@@ -423,7 +429,8 @@ func (n *Network) resetWhere(match func(*connPair) bool) int {
 	return count
 }
 
-// resetLocked resets both directions of p and forgets it.
+// resetLocked resets both directions of p and forgets it. pairsMu is
+// held.
 func (n *Network) resetLocked(p *connPair) {
 	p.ab.reset()
 	p.ba.reset()
@@ -437,7 +444,8 @@ func (n *Network) retire(p *connPair) {
 	n.deadMu.Unlock()
 }
 
-// sweepLocked forgets the pairs retired since the last sweep.
+// sweepLocked forgets the pairs retired since the last sweep. pairsMu is
+// held.
 func (n *Network) sweepLocked() {
 	n.deadMu.Lock()
 	dead := n.dead
@@ -448,19 +456,17 @@ func (n *Network) sweepLocked() {
 	}
 }
 
+// forgetLocked removes p from the set of connections. pairsMu is held.
 func (n *Network) forgetLocked(p *connPair) {
 	delete(n.pairs, p)
-	if h := n.hosts[p.hostA]; h != nil {
-		delete(h.pairs, p)
-	}
-	if h := n.hosts[p.hostB]; h != nil {
-		delete(h.pairs, p)
-	}
+	delete(p.a.host.pairs, p)
+	delete(p.b.host.pairs, p)
 }
 
 // refreshLocked applies the current faults to every connection and wakes
 // the dials waiting for a path.
 func (n *Network) refreshLocked() {
+	n.pairsMu.Lock()
 	n.sweepLocked()
 	now := time.Now()
 	for p := range n.pairs {
@@ -468,6 +474,7 @@ func (n *Network) refreshLocked() {
 			pp.setLink(!n.reachableLocked(pp.from, pp.to), n.latencyLocked(pp.from, pp.to), n.jitter, now)
 		}
 	}
+	n.pairsMu.Unlock()
 	n.changedLocked()
 }
 
@@ -483,8 +490,9 @@ type Host struct {
 
 	// Guarded by net.mu.
 	listeners map[int]*listener
-	pairs     map[*connPair]struct{}
 	stalled   bool
+
+	pairs map[*connPair]struct{} // guarded by net.pairsMu
 
 	// Guarded by portsMu, taken after net.mu when both are needed.
 	portsMu       sync.Mutex
@@ -599,15 +607,15 @@ func (h *Host) DialContext(ctx context.Context, address string) (net.Conn, error
 		if err := ctx.Err(); err != nil {
 			return nil, opErr(err)
 		}
-		n.mu.Lock()
+		n.mu.RLock()
 		if n.closed {
-			n.mu.Unlock()
+			n.mu.RUnlock()
 			return nil, opErr(net.ErrClosed)
 		}
 		if n.reachableLocked(h.name, host) && n.reachableLocked(host, h.name) {
 			rtt := n.latencyLocked(h.name, host) + n.latencyLocked(host, h.name)
 			if rtt > 0 && !roundTripDone {
-				n.mu.Unlock()
+				n.mu.RUnlock()
 				roundTripDone = true
 				if err := sleepContext(ctx, rtt); err != nil {
 					return nil, opErr(err)
@@ -615,14 +623,14 @@ func (h *Host) DialContext(ctx context.Context, address string) (net.Conn, error
 				continue // the path may have changed meanwhile
 			}
 			c, err := h.connectLocked(n.hosts[host], port, shell)
-			n.mu.Unlock()
+			n.mu.RUnlock()
 			if err != nil {
 				return nil, opErr(err)
 			}
 			return c, nil
 		}
 		changed := n.changed
-		n.mu.Unlock()
+		n.mu.RUnlock()
 		select {
 		case <-ctx.Done():
 			return nil, opErr(ctx.Err())
@@ -646,12 +654,20 @@ func newPairShell() *connPair {
 }
 
 // connectLocked makes a connection from h to port of remote out of p (from
-// newPairShell) and queues its far end on the listener.
+// newPairShell) and queues its far end on the listener. Network.mu is held
+// for reading.
 func (h *Host) connectLocked(remote *Host, port int, p *connPair) (*Conn, error) {
 	n := h.net
-	n.sweepLocked()
 	l := remote.listeners[port]
-	if l == nil || l.closed || len(l.queue) >= n.cfg.Backlog {
+	if l == nil {
+		return nil, syscall.ECONNREFUSED
+	}
+	n.pairsMu.Lock()
+	defer n.pairsMu.Unlock()
+	n.sweepLocked()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed || len(l.queue) >= n.cfg.Backlog {
 		return nil, syscall.ECONNREFUSED
 	}
 	local := h.claimFreePort(&h.nextEphemeral, firstEphemeralPort, 65536)
@@ -677,7 +693,7 @@ func (h *Host) connectLocked(remote *Host, port int, p *connPair) (*Conn, error)
 // count-th connection made from key.from to key.port of key.to: a 64-bit
 // FNV-1a hash of the three, the count and the direction (back is from the
 // listener to the dialler), so that each pipe draws a sequence of its own.
-// It allocates nothing: it runs under Network.mu.
+// It allocates nothing: it runs under Network.pairsMu.
 func jitterStream(key dialKey, count uint64, back bool) uint64 {
 	const prime = 1099511628211
 	h := uint64(14695981039346656037)
@@ -755,7 +771,7 @@ type listener struct {
 	host *Host
 	port int
 
-	// Guarded by host.net.mu.
+	mu     sync.Mutex
 	queue  []*Conn
 	closed bool
 	notify chan struct{} // closed and replaced when queue or closed change
@@ -768,22 +784,21 @@ func (l *listener) signalLocked() {
 
 // Accept waits for the next connection.
 func (l *listener) Accept() (net.Conn, error) {
-	n := l.host.net
 	for {
-		n.mu.Lock()
+		l.mu.Lock()
 		if l.closed {
-			n.mu.Unlock()
+			l.mu.Unlock()
 			return nil, &net.OpError{Op: "accept", Net: networkName, Addr: l.Addr(), Err: net.ErrClosed}
 		}
 		if len(l.queue) > 0 {
 			c := l.queue[0]
 			l.queue[0] = nil
 			l.queue = l.queue[1:]
-			n.mu.Unlock()
+			l.mu.Unlock()
 			return c, nil
 		}
 		ch := l.notify
-		n.mu.Unlock()
+		l.mu.Unlock()
 		<-ch
 	}
 }
@@ -793,26 +808,34 @@ func (l *listener) Close() error {
 	n := l.host.net
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if l.closed {
+	if !l.closeLocked() {
 		return &net.OpError{Op: "close", Net: networkName, Addr: l.Addr(), Err: net.ErrClosed}
 	}
-	l.closeLocked()
 	return nil
 }
 
-func (l *listener) closeLocked() {
+// closeLocked closes l, unless it is already, and reports whether it did.
+// Network.mu is held.
+func (l *listener) closeLocked() bool {
+	l.mu.Lock()
 	if l.closed {
-		return
+		l.mu.Unlock()
+		return false
 	}
 	l.closed = true
-	n := l.host.net
-	for _, c := range l.queue {
-		n.resetLocked(c.pair)
-	}
+	queue := l.queue
 	l.queue = nil
+	l.signalLocked()
+	l.mu.Unlock()
 	delete(l.host.listeners, l.port)
 	l.host.releasePort(l.port)
-	l.signalLocked()
+	n := l.host.net
+	n.pairsMu.Lock()
+	for _, c := range queue {
+		n.resetLocked(c.pair)
+	}
+	n.pairsMu.Unlock()
+	return true
 }
 
 // Addr returns the address listened on.
