@@ -159,9 +159,11 @@ func (c *LocalConnection) armReadDeadline() {
 	}
 }
 
-// run is the connection's reading goroutine: handshake, registration with
-// the router, then the read loop. It returns when the connection is down.
-func (c *LocalConnection) run() {
+// run is the connection's first goroutine: handshake and registration
+// with the router. Once registered, the read loop goes on in a goroutine
+// of its own, started by run just before it returns (see readOn). It
+// reports whether it did.
+func (c *LocalConnection) run() bool {
 	r := c.router
 	err := c.handshake()
 	r.countFailure(err)
@@ -174,11 +176,29 @@ func (c *LocalConnection) run() {
 		err = r.addConnection(c)
 		r.countRegistration(err)
 		if err == nil {
-			err = c.readLoop()
-			r.removeConnection(c)
-			r.metrics.dropped.Add(1)
+			return true
 		}
 	}
+	c.ended(err)
+	return false
+}
+
+// readOn is the reading goroutine of a registered connection. It is not
+// the goroutine that ran the handshake: the key exchange needs a deep
+// stack, which the goroutine would keep for the life of the connection
+// (blocked in a read, it uses too much of it for the runtime to halve it).
+// A goroutine of its own starts small and grows only as reading needs.
+func (c *LocalConnection) readOn() {
+	r := c.router
+	err := c.readLoop()
+	r.removeConnection(c)
+	r.metrics.dropped.Add(1)
+	c.ended(err)
+}
+
+// ended shuts the connection down and reports how it ended.
+func (c *LocalConnection) ended(err error) {
+	r := c.router
 	c.shutdown(err)
 	if c.target != nil {
 		r.ConnectionMaker.connectionEnded(c, err)

@@ -395,8 +395,7 @@ func (cm *ConnectionMaker) dial(t *target) {
 		cm.attemptEnded(t, time.Time{}, ErrStopped)
 		return
 	}
-	c.run()
-	r.forget(c)
+	r.runConnection(c)
 }
 
 // connected is called when a connection to a target is registered.

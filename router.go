@@ -488,8 +488,7 @@ func (router *Router) startConnection(conn net.Conn, outbound bool, addr string,
 	router.wg.Add(1)
 	go func() {
 		defer router.wg.Done()
-		c.run()
-		router.forget(c)
+		router.runConnection(c)
 	}()
 }
 
@@ -514,6 +513,21 @@ func (router *Router) newConnection(conn net.Conn, outbound bool, addr string, t
 	}
 	router.pending[c] = struct{}{}
 	return c
+}
+
+// runConnection runs c's handshake on the calling goroutine, which must be
+// one the router waits for, then its read loop on a new one.
+func (router *Router) runConnection(c *LocalConnection) {
+	if !c.run() {
+		router.forget(c)
+		return
+	}
+	router.wg.Add(1) // the caller's goroutine counts still: Stop cannot have returned
+	go func() {
+		defer router.wg.Done()
+		c.readOn()
+		router.forget(c)
+	}()
 }
 
 func (router *Router) forget(c *LocalConnection) {
