@@ -9,12 +9,14 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"strconv"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/gossip-mesh/mesh/memnet"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
@@ -660,4 +662,85 @@ func TestNetworkClose(t *testing.T) {
 	require.ErrorIs(t, err, net.ErrClosed)
 	_, err = n.Host("a").Listen("a:1")
 	require.ErrorIs(t, err, net.ErrClosed)
+}
+
+// Many hosts dial, accept, exchange a byte and close at once, while faults
+// that touch every connection come and go: every connection is made and
+// counted once, and once every end is closed none is counted open. The
+// race detector checks the locking of connections, listeners and ports.
+func TestConcurrentDialsAndCloses(t *testing.T) {
+	noLeak(t)
+	n := memnet.New(memnet.Config{})
+	const hosts, dialsEach = 50, 6
+	names := make([]string, hosts)
+	var accepted sync.WaitGroup
+	for i := range names {
+		names[i] = "10.9.0." + strconv.Itoa(i+1)
+		l, err := n.Host(names[i]).Listen(":7")
+		require.NoError(t, err)
+		accepted.Add(1)
+		go func() {
+			defer accepted.Done()
+			for {
+				c, err := l.Accept()
+				if err != nil {
+					return
+				}
+				go func() {
+					defer c.Close()
+					b := make([]byte, 1)
+					if _, err := io.ReadFull(c, b); err == nil {
+						_, _ = c.Write(b)
+					}
+				}()
+			}
+		}()
+	}
+	stop := make(chan struct{})
+	var faults sync.WaitGroup
+	faults.Add(1)
+	go func() { // faults that touch every connection, racing with dials
+		defer faults.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			n.Stall(names[0])
+			n.Unstall(names[0])
+			n.SetLatency(0, 0)
+		}
+	}()
+	var dials sync.WaitGroup
+	for i := range names {
+		for k := 1; k <= dialsEach; k++ {
+			dials.Add(1)
+			go func() {
+				defer dials.Done()
+				c, err := n.Host(names[i]).Dial(names[(i+k)%hosts] + ":7")
+				if !assert.NoError(t, err) {
+					return
+				}
+				defer c.Close()
+				_, err = c.Write([]byte{byte(k)})
+				assert.NoError(t, err)
+				b := make([]byte, 1)
+				_, err = io.ReadFull(c, b)
+				assert.NoError(t, err)
+				assert.Equal(t, byte(k), b[0])
+			}()
+		}
+	}
+	dials.Wait()
+	close(stop)
+	faults.Wait()
+	require.Equal(t, uint64(hosts*dialsEach), n.Made())
+	require.Eventually(t, func() bool { return n.Conns() == 0 }, patience, time.Millisecond,
+		"every connection was closed at both ends")
+	c, err := n.Host(names[1]).Dial(names[2] + ":7")
+	require.NoError(t, err)
+	require.NoError(t, c.Close())
+	n.Close()
+	accepted.Wait()
 }
