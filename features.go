@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 
+	"github.com/gossip-mesh/mesh/internal/gobint"
 	"golang.org/x/crypto/nacl/secretbox"
 )
 
@@ -55,21 +56,21 @@ const peerShortIDBits = 12
 // with its entries in the order given by keys (which should be distinct
 // keys of m). The type definition is the one weave sends.
 func appendFeatures(dst []byte, keys []string, m map[string]string) []byte {
-	size := len(featuresTypeID) + 1 + gobUintLen(uint64(len(keys)))
+	size := len(featuresTypeID) + 1 + gobint.Len(uint64(len(keys)))
 	for _, k := range keys {
 		v := m[k]
-		size += gobUintLen(uint64(len(k))) + len(k) + gobUintLen(uint64(len(v))) + len(v)
+		size += gobint.Len(uint64(len(k))) + len(k) + gobint.Len(uint64(len(v))) + len(v)
 	}
 	dst = append(dst, featuresTypeDef...)
-	dst = appendRawUint(dst, uint64(size))
+	dst = gobint.AppendUint(dst, uint64(size))
 	dst = append(dst, featuresTypeID...)
 	dst = append(dst, 0)
-	dst = appendRawUint(dst, uint64(len(keys)))
+	dst = gobint.AppendUint(dst, uint64(len(keys)))
 	for _, k := range keys {
 		v := m[k]
-		dst = appendRawUint(dst, uint64(len(k)))
+		dst = gobint.AppendUint(dst, uint64(len(k)))
 		dst = append(dst, k...)
-		dst = appendRawUint(dst, uint64(len(v)))
+		dst = gobint.AppendUint(dst, uint64(len(v)))
 		dst = append(dst, v...)
 	}
 	return dst

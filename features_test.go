@@ -12,6 +12,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/gossip-mesh/mesh/internal/gobint"
 	"github.com/stretchr/testify/require"
 )
 
@@ -206,9 +207,9 @@ func rewriteFeaturesID(t testing.TB, stream []byte, id int64) []byte {
 	rest := val[len(featuresTypeID):]
 	v := appendRawInt(nil, id)
 	v = append(v, rest...)
-	out := appendRawUint(nil, uint64(len(def)))
+	out := gobint.AppendUint(nil, uint64(len(def)))
 	out = append(out, def...)
-	out = appendRawUint(out, uint64(len(v)))
+	out = gobint.AppendUint(out, uint64(len(v)))
 	return append(out, v...)
 }
 
@@ -216,7 +217,7 @@ func rewriteFeaturesID(t testing.TB, stream []byte, id int64) []byte {
 func featuresStream(bodies ...[]byte) []byte {
 	var out []byte
 	for _, b := range bodies {
-		out = appendRawUint(out, uint64(len(b)))
+		out = gobint.AppendUint(out, uint64(len(b)))
 		out = append(out, b...)
 	}
 	return out
@@ -227,9 +228,9 @@ func TestDecodeFeaturesErrors(t *testing.T) {
 	def := mustHex(t, featuresTypeDefHex)
 	mapValue := func(entries ...string) []byte {
 		v := []byte{0xff, 0x80, 0x00}
-		v = appendRawUint(v, uint64(len(entries)/2))
+		v = gobint.AppendUint(v, uint64(len(entries)/2))
 		for _, e := range entries {
-			v = appendRawUint(v, uint64(len(e)))
+			v = gobint.AppendUint(v, uint64(len(e)))
 			v = append(v, e...)
 		}
 		return v
@@ -296,7 +297,7 @@ func TestReadFeaturesV1Errors(t *testing.T) {
 		_, err := readFeaturesV1(bufio.NewReader(bytes.NewReader(stream[:i])))
 		require.ErrorIs(t, err, io.ErrUnexpectedEOF, "prefix %d", i)
 	}
-	huge := append([]byte(featuresTypeDef), appendRawUint(nil, maxFeaturesValueLen+1)...)
+	huge := append([]byte(featuresTypeDef), gobint.AppendUint(nil, maxFeaturesValueLen+1)...)
 	_, err := readFeaturesV1(bufio.NewReader(bytes.NewReader(huge)))
 	require.ErrorIs(t, err, ErrBadFeatures)
 	require.ErrorIs(t, err, ErrFrameTooLarge)

@@ -9,6 +9,7 @@ import (
 	"math"
 	"slices"
 
+	"github.com/gossip-mesh/mesh/internal/gobint"
 	"golang.org/x/crypto/nacl/secretbox"
 )
 
@@ -106,9 +107,9 @@ func (w *frameWriter) appendFrame(dst, body []byte) ([]byte, error) {
 // []byte type id, the zero field delta and n. It lets a sealed body be
 // written straight after it, with no intermediate buffer.
 func appendGobBytesHeader(dst []byte, n int) []byte {
-	dst = appendRawUint(dst, uint64(2+gobUintLen(uint64(n))+n))
+	dst = gobint.AppendUint(dst, uint64(2+gobint.Len(uint64(n))+n))
 	dst = append(dst, gobTypeBytes<<1, 0)
-	return appendRawUint(dst, uint64(n))
+	return gobint.AppendUint(dst, uint64(n))
 }
 
 // frameReader reads the message bodies the remote sends on one connection

@@ -6,7 +6,8 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"math/bits"
+
+	"github.com/gossip-mesh/mesh/internal/gobint"
 )
 
 // This file holds the subset of Go's gob encoding that the weave mesh
@@ -48,59 +49,26 @@ var (
 	errGobBadDefinition = fmt.Errorf("%w: unsupported gob type definition", ErrMalformed)
 )
 
-// gobUintLen returns the number of bytes appendRawUint writes for v.
-func gobUintLen(v uint64) int {
-	if v < 0x80 {
-		return 1
-	}
-	return 1 + (bits.Len64(v)+7)/8
-}
-
-// appendRawUint appends v in gob's unsigned integer encoding: values below
-// 128 as one byte, larger ones as the negated byte count followed by the
-// minimal big-endian bytes.
-func appendRawUint(dst []byte, v uint64) []byte {
-	if v < 0x80 {
-		return append(dst, byte(v))
-	}
-	n := (bits.Len64(v) + 7) / 8
-	dst = append(dst, byte(-n))
-	for i := n - 1; i >= 0; i-- {
-		dst = append(dst, byte(v>>(8*uint(i))))
-	}
-	return dst
-}
-
-// gobIntToUint maps a signed integer to the unsigned value gob writes for
-// it: the value shifted left one bit, complemented and with the low bit set
-// when negative.
-func gobIntToUint(v int64) uint64 {
-	if v < 0 {
-		return uint64(^v)<<1 | 1
-	}
-	return uint64(v) << 1
-}
-
 // appendRawInt appends v in gob's signed integer encoding.
 func appendRawInt(dst []byte, v int64) []byte {
-	return appendRawUint(dst, gobIntToUint(v))
+	return gobint.AppendUint(dst, gobint.IntToUint(v))
 }
 
 // appendGobUint appends one complete gob message holding the unsigned
 // integer v: count, type id 3, singleton delta, value.
 func appendGobUint(dst []byte, v uint64) []byte {
-	dst = appendRawUint(dst, uint64(2+gobUintLen(v)))
+	dst = gobint.AppendUint(dst, uint64(2+gobint.Len(v)))
 	dst = append(dst, gobTypeUint<<1, 0)
-	return appendRawUint(dst, v)
+	return gobint.AppendUint(dst, v)
 }
 
 // appendGobString appends one complete gob message holding the string s:
 // count, type id 6, singleton delta, length, bytes.
 func appendGobString(dst []byte, s string) []byte {
 	n := uint64(len(s))
-	dst = appendRawUint(dst, 2+uint64(gobUintLen(n))+n)
+	dst = gobint.AppendUint(dst, 2+uint64(gobint.Len(n))+n)
 	dst = append(dst, gobTypeString<<1, 0)
-	dst = appendRawUint(dst, n)
+	dst = gobint.AppendUint(dst, n)
 	return append(dst, s...)
 }
 
@@ -108,9 +76,9 @@ func appendGobString(dst []byte, s string) []byte {
 // count, type id 5, singleton delta, length, bytes.
 func appendGobBytes(dst []byte, p []byte) []byte {
 	n := uint64(len(p))
-	dst = appendRawUint(dst, 2+uint64(gobUintLen(n))+n)
+	dst = gobint.AppendUint(dst, 2+uint64(gobint.Len(n))+n)
 	dst = append(dst, gobTypeBytes<<1, 0)
-	dst = appendRawUint(dst, n)
+	dst = gobint.AppendUint(dst, n)
 	return append(dst, p...)
 }
 
@@ -126,39 +94,22 @@ func (d *rawDecoder) remaining() int { return len(d.b) - d.off }
 // uint reads a gob unsigned integer. Like gob itself it accepts encodings
 // that are longer than necessary.
 func (d *rawDecoder) uint() (uint64, error) {
-	if d.off >= len(d.b) {
+	v, n, err := gobint.Uint(d.b[d.off:])
+	switch err {
+	case nil:
+		d.off += n
+		return v, nil
+	case gobint.ErrTruncated:
 		return 0, errGobTruncated
-	}
-	c := d.b[d.off]
-	d.off++
-	if c < 0x80 {
-		return uint64(c), nil
-	}
-	n := 256 - int(c)
-	if n > 8 {
+	default:
 		return 0, errGobBadUint
 	}
-	if n > len(d.b)-d.off {
-		return 0, errGobTruncated
-	}
-	var v uint64
-	for _, x := range d.b[d.off : d.off+n] {
-		v = v<<8 | uint64(x)
-	}
-	d.off += n
-	return v, nil
 }
 
 // int reads a gob signed integer.
 func (d *rawDecoder) int() (int64, error) {
 	u, err := d.uint()
-	if err != nil {
-		return 0, err
-	}
-	if u&1 != 0 {
-		return ^int64(u >> 1), nil
-	}
-	return int64(u >> 1), nil
+	return gobint.UintToInt(u), err
 }
 
 // typeID reads a type id (a gob int that must fit gob's int32 type ids).

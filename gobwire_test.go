@@ -12,6 +12,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/gossip-mesh/mesh/internal/gobint"
 	"github.com/stretchr/testify/require"
 )
 
@@ -94,9 +95,9 @@ func TestAppendRawUint(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.want, func(t *testing.T) {
-			got := appendRawUint([]byte{0xaa}, tt.v)
+			got := gobint.AppendUint([]byte{0xaa}, tt.v)
 			require.Equal(t, append([]byte{0xaa}, mustHex(t, tt.want)...), got)
-			require.Equal(t, len(tt.want)/2, gobUintLen(tt.v))
+			require.Equal(t, len(tt.want)/2, gobint.Len(tt.v))
 			d := rawDecoder{b: got[1:]}
 			v, err := d.uint()
 			require.NoError(t, err)
@@ -362,7 +363,7 @@ func TestReadGobMessageLarge(t *testing.T) {
 
 func TestReadGobMessageAllocationBounded(t *testing.T) {
 	// A count claiming 10 MiB followed by nothing must not allocate 10 MiB.
-	stream := appendRawUint(nil, DefaultMaxFrameSize)
+	stream := gobint.AppendUint(nil, DefaultMaxFrameSize)
 	allocs := testing.Benchmark(func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
@@ -454,7 +455,7 @@ func FuzzReadGobMessage(f *testing.F) {
 				t.Fatalf("body of %d bytes", len(body))
 			}
 			// Re-framing the body and reading it again gives the same body.
-			again := appendRawUint(nil, uint64(len(body)))
+			again := gobint.AppendUint(nil, uint64(len(body)))
 			again = append(again, body...)
 			back, err := readGobMessage(bufio.NewReader(bytes.NewReader(again)), 4096, nil)
 			if err != nil || !bytes.Equal(back, body) {

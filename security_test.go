@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gossip-mesh/mesh/internal/gobint"
 	"github.com/stretchr/testify/require"
 )
 
@@ -290,7 +291,7 @@ func TestRouterClosesOnV1OversizedMessage(t *testing.T) {
 	r := startSecRouter(t, Config{MaxFrameSize: 4096}, 1)
 	p, err := dialRaw(t, r.addr(), 2, nil, func(c *handshakeConfig) { c.MaxVersion = 1 })
 	require.NoError(t, err)
-	_, err = p.conn.Write(appendRawUint(nil, 4096+gobBytesOverhead+1))
+	_, err = p.conn.Write(gobint.AppendUint(nil, 4096+gobBytesOverhead+1))
 	require.NoError(t, err)
 	waitClosed(t, p.conn)
 	waitFor(t, "the log line", func() bool { return len(r.log.matching("exceeds maximum size")) == 1 })

@@ -3,6 +3,8 @@ package mesh
 import (
 	"fmt"
 	"strings"
+
+	"github.com/gossip-mesh/mesh/internal/gobint"
 )
 
 // A topology message (the payload of tagGossip on channel "topology") is a
@@ -98,21 +100,21 @@ func appendTopology(dst []byte, peers []peerUpdate) []byte {
 func appendPeerSummary(dst []byte, p *peerSummary) []byte {
 	size := len(topoPeerSummaryID) + 2 + NameSize + 1
 	if p.NickName != "" {
-		size += 1 + gobUintLen(uint64(len(p.NickName))) + len(p.NickName)
+		size += 1 + gobint.Len(uint64(len(p.NickName))) + len(p.NickName)
 	}
 	if p.UID != 0 {
-		size += 1 + gobUintLen(uint64(p.UID))
+		size += 1 + gobint.Len(uint64(p.UID))
 	}
 	if p.Version != 0 {
-		size += 1 + gobUintLen(p.Version)
+		size += 1 + gobint.Len(p.Version)
 	}
 	if p.ShortID != 0 {
-		size += 1 + gobUintLen(uint64(p.ShortID))
+		size += 1 + gobint.Len(uint64(p.ShortID))
 	}
 	if p.HasShortID {
 		size += 2
 	}
-	dst = appendRawUint(dst, uint64(size))
+	dst = gobint.AppendUint(dst, uint64(size))
 	dst = append(dst, topoPeerSummaryID...)
 	// Fields are numbered from 1 here; each is preceded by the difference
 	// from the previous field's number.
@@ -121,23 +123,23 @@ func appendPeerSummary(dst []byte, p *peerSummary) []byte {
 	last := byte(1)
 	if p.NickName != "" {
 		dst = append(dst, 2-last)
-		dst = appendRawUint(dst, uint64(len(p.NickName)))
+		dst = gobint.AppendUint(dst, uint64(len(p.NickName)))
 		dst = append(dst, p.NickName...)
 		last = 2
 	}
 	if p.UID != 0 {
 		dst = append(dst, 3-last)
-		dst = appendRawUint(dst, uint64(p.UID))
+		dst = gobint.AppendUint(dst, uint64(p.UID))
 		last = 3
 	}
 	if p.Version != 0 {
 		dst = append(dst, 4-last)
-		dst = appendRawUint(dst, p.Version)
+		dst = gobint.AppendUint(dst, p.Version)
 		last = 4
 	}
 	if p.ShortID != 0 {
 		dst = append(dst, 5-last)
-		dst = appendRawUint(dst, uint64(p.ShortID))
+		dst = gobint.AppendUint(dst, uint64(p.ShortID))
 		last = 5
 	}
 	if p.HasShortID {
@@ -150,7 +152,7 @@ func appendPeerSummary(dst []byte, p *peerSummary) []byte {
 func connSummaryLen(c *connectionSummary) int {
 	n := 1 + 1 + NameSize + 1
 	if c.RemoteTCPAddr != "" {
-		n += 1 + gobUintLen(uint64(len(c.RemoteTCPAddr))) + len(c.RemoteTCPAddr)
+		n += 1 + gobint.Len(uint64(len(c.RemoteTCPAddr))) + len(c.RemoteTCPAddr)
 	}
 	if c.Outbound {
 		n += 2
@@ -164,14 +166,14 @@ func connSummaryLen(c *connectionSummary) int {
 // appendConnSummaries appends a []connectionSummary value message. An
 // empty slice is still sent, with length zero.
 func appendConnSummaries(dst []byte, conns []connectionSummary) []byte {
-	size := len(topoConnSliceID) + 1 + gobUintLen(uint64(len(conns)))
+	size := len(topoConnSliceID) + 1 + gobint.Len(uint64(len(conns)))
 	for i := range conns {
 		size += connSummaryLen(&conns[i])
 	}
-	dst = appendRawUint(dst, uint64(size))
+	dst = gobint.AppendUint(dst, uint64(size))
 	dst = append(dst, topoConnSliceID...)
 	dst = append(dst, 0)
-	dst = appendRawUint(dst, uint64(len(conns)))
+	dst = gobint.AppendUint(dst, uint64(len(conns)))
 	for i := range conns {
 		c := &conns[i]
 		dst = append(dst, 1, NameSize)
@@ -179,7 +181,7 @@ func appendConnSummaries(dst []byte, conns []connectionSummary) []byte {
 		last := byte(1)
 		if c.RemoteTCPAddr != "" {
 			dst = append(dst, 2-last)
-			dst = appendRawUint(dst, uint64(len(c.RemoteTCPAddr)))
+			dst = gobint.AppendUint(dst, uint64(len(c.RemoteTCPAddr)))
 			dst = append(dst, c.RemoteTCPAddr...)
 			last = 2
 		}

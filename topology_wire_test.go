@@ -12,6 +12,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/gossip-mesh/mesh/internal/gobint"
 	"github.com/stretchr/testify/require"
 )
 
@@ -331,14 +332,14 @@ func TestTopologyWithEncodingGob(t *testing.T) {
 // tMsg returns a gob message holding the concatenated parts.
 func tMsg(parts ...[]byte) []byte {
 	body := bytes.Join(parts, nil)
-	return append(appendRawUint(nil, uint64(len(body))), body...)
+	return append(gobint.AppendUint(nil, uint64(len(body))), body...)
 }
 
 // tID returns a type id as a gob int.
 func tID(id int64) []byte { return appendRawInt(nil, id) }
 
 // tStr returns a length-prefixed string.
-func tStr(s string) []byte { return append(appendRawUint(nil, uint64(len(s))), s...) }
+func tStr(s string) []byte { return append(gobint.AppendUint(nil, uint64(len(s))), s...) }
 
 // tField is a struct field in a definition.
 type tField struct {
@@ -356,7 +357,7 @@ func tCommon(name string, id int64) []byte {
 
 // tStructDef returns the definition message of a struct type.
 func tStructDef(id int64, name string, fields ...tField) []byte {
-	parts := [][]byte{tID(-id), {3, 1}, tCommon(name, id), {1}, appendRawUint(nil, uint64(len(fields)))}
+	parts := [][]byte{tID(-id), {3, 1}, tCommon(name, id), {1}, gobint.AppendUint(nil, uint64(len(fields)))}
 	for _, f := range fields {
 		parts = append(parts, []byte{1}, tStr(f.name), []byte{1}, tID(f.typ), []byte{0})
 	}

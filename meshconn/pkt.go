@@ -3,9 +3,9 @@ package meshconn
 import (
 	"bytes"
 	"math"
-	"math/bits"
 
 	"github.com/gossip-mesh/mesh"
+	"github.com/gossip-mesh/mesh/internal/gobint"
 )
 
 // pkt is one datagram as it travels in a unicast message, with the same
@@ -94,54 +94,23 @@ var (
 	errTooLarge     = &malformedError{what: "datagram larger than MaxDatagramSize", cause: ErrDatagramTooLarge}
 )
 
-// uintLen returns the number of bytes appendUint writes for v.
-func uintLen(v uint64) int {
-	if v < 0x80 {
-		return 1
-	}
-	return 1 + (bits.Len64(v)+7)/8
-}
-
-// appendUint appends v in gob's unsigned integer encoding: values below
-// 128 as one byte, larger ones as the negated byte count followed by the
-// minimal big-endian bytes.
-func appendUint(dst []byte, v uint64) []byte {
-	if v < 0x80 {
-		return append(dst, byte(v))
-	}
-	n := (bits.Len64(v) + 7) / 8
-	dst = append(dst, byte(-n))
-	for i := n - 1; i >= 0; i-- {
-		dst = append(dst, byte(v>>(8*uint(i))))
-	}
-	return dst
-}
-
-// intToUint maps a signed integer to the unsigned value gob writes for it.
-func intToUint(v int64) uint64 {
-	if v < 0 {
-		return uint64(^v)<<1 | 1
-	}
-	return uint64(v) << 1
-}
-
 // defBodyLen returns the length of the body of a type definition message.
 func defBodyLen(typeID int64, name string) int {
-	return uintLen(intToUint(-typeID)) + 3 + uintLen(uint64(len(name))) + len(name) +
-		1 + uintLen(intToUint(typeID)) + len(pktFields)
+	return gobint.Len(gobint.IntToUint(-typeID)) + 3 + gobint.Len(uint64(len(name))) + len(name) +
+		1 + gobint.Len(gobint.IntToUint(typeID)) + len(pktFields)
 }
 
 // valueBodyLen returns the length of the body of the value message of p.
 func valueBodyLen(p *pkt, typeID int64) int {
-	n := uintLen(intToUint(typeID)) + 1
+	n := gobint.Len(gobint.IntToUint(typeID)) + 1
 	if p.SrcName != 0 {
-		n += 1 + uintLen(uint64(p.SrcName))
+		n += 1 + gobint.Len(uint64(p.SrcName))
 	}
 	if p.SrcUID != 0 {
-		n += 1 + uintLen(uint64(p.SrcUID))
+		n += 1 + gobint.Len(uint64(p.SrcUID))
 	}
 	if len(p.Buf) > 0 {
-		n += 1 + uintLen(uint64(len(p.Buf))) + len(p.Buf)
+		n += 1 + gobint.Len(uint64(len(p.Buf))) + len(p.Buf)
 	}
 	return n
 }
@@ -149,39 +118,39 @@ func valueBodyLen(p *pkt, typeID int64) int {
 // encodedLen returns the length of the encoding of p.
 func encodedLen(p *pkt, typeID int64, name string) int {
 	def, val := defBodyLen(typeID, name), valueBodyLen(p, typeID)
-	return uintLen(uint64(def)) + def + uintLen(uint64(val)) + val
+	return gobint.Len(uint64(def)) + def + gobint.Len(uint64(val)) + val
 }
 
 // appendPkt appends the encoding of p as gob writes it when the struct's
 // type id is typeID, in [64, MaxInt32], and its name is name, not empty.
 func appendPkt(dst []byte, p *pkt, typeID int64, name string) []byte {
-	dst = appendUint(dst, uint64(defBodyLen(typeID, name)))
-	dst = appendUint(dst, intToUint(-typeID))
+	dst = gobint.AppendUint(dst, uint64(defBodyLen(typeID, name)))
+	dst = gobint.AppendUint(dst, gobint.IntToUint(-typeID))
 	dst = append(dst, 3, 1, 1)
-	dst = appendUint(dst, uint64(len(name)))
+	dst = gobint.AppendUint(dst, uint64(len(name)))
 	dst = append(dst, name...)
 	dst = append(dst, 1)
-	dst = appendUint(dst, intToUint(typeID))
+	dst = gobint.AppendUint(dst, gobint.IntToUint(typeID))
 	dst = append(dst, pktFields...)
 
-	dst = appendUint(dst, uint64(valueBodyLen(p, typeID)))
-	dst = appendUint(dst, intToUint(typeID))
+	dst = gobint.AppendUint(dst, uint64(valueBodyLen(p, typeID)))
+	dst = gobint.AppendUint(dst, gobint.IntToUint(typeID))
 	delta := byte(1)
 	if p.SrcName != 0 {
 		dst = append(dst, delta)
-		dst = appendUint(dst, uint64(p.SrcName))
+		dst = gobint.AppendUint(dst, uint64(p.SrcName))
 		delta = 0
 	}
 	delta++
 	if p.SrcUID != 0 {
 		dst = append(dst, delta)
-		dst = appendUint(dst, uint64(p.SrcUID))
+		dst = gobint.AppendUint(dst, uint64(p.SrcUID))
 		delta = 0
 	}
 	delta++
 	if len(p.Buf) > 0 {
 		dst = append(dst, delta)
-		dst = appendUint(dst, uint64(len(p.Buf)))
+		dst = gobint.AppendUint(dst, uint64(len(p.Buf)))
 		dst = append(dst, p.Buf...)
 	}
 	return append(dst, 0)
@@ -201,54 +170,24 @@ type reader struct {
 
 func (r *reader) remaining() int { return len(r.b) - r.off }
 
-// byte reads one byte.
-func (r *reader) byte() (byte, error) {
-	if r.off >= len(r.b) {
-		return 0, errTruncated
-	}
-	c := r.b[r.off]
-	r.off++
-	return c, nil
-}
-
 // uint reads a gob unsigned integer, which must be in its minimal form,
 // the only one gob writes.
 func (r *reader) uint() (uint64, error) {
-	c, err := r.byte()
-	if err != nil {
-		return 0, err
-	}
-	if c < 0x80 {
-		return uint64(c), nil
-	}
-	n := 256 - int(c)
-	if n > 8 {
-		return 0, errBadUint
-	}
-	if n > r.remaining() {
+	v, n, err := gobint.Uint(r.b[r.off:])
+	switch {
+	case err == gobint.ErrTruncated:
 		return 0, errTruncated
-	}
-	var v uint64
-	for _, x := range r.b[r.off : r.off+n] {
-		v = v<<8 | uint64(x)
+	case err != nil || n != gobint.Len(v):
+		return 0, errBadUint
 	}
 	r.off += n
-	if v < 0x80 || uintLen(v) != 1+n {
-		return 0, errBadUint
-	}
 	return v, nil
 }
 
 // int reads a gob signed integer.
 func (r *reader) int() (int64, error) {
 	u, err := r.uint()
-	if err != nil {
-		return 0, err
-	}
-	if u&1 != 0 {
-		return ^int64(u >> 1), nil
-	}
-	return int64(u >> 1), nil
+	return gobint.UintToInt(u), err
 }
 
 // typeID reads the id of a user type: positive, or negative when defined.
