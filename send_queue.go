@@ -240,25 +240,20 @@ func (q *sendQueue) pushAnnounce(names []PeerName) {
 
 // pushAnswers queues the answer to a pull, given the remote's records of
 // the entries it asks for.
-func (q *sendQueue) pushAnswers(records []digestEntry) {
-	q.mu.Lock()
-	if q.closed || len(q.answers) >= maxDigestRecords {
-		q.mu.Unlock()
-		return
-	}
-	q.answers = append(q.answers, records...)
-	q.mu.Unlock()
-	q.signal()
-}
+func (q *sendQueue) pushAnswers(records []digestEntry) { q.pushRecords(&q.answers, records) }
 
 // pushPull queues a request for entries, given our records of them.
-func (q *sendQueue) pushPull(records []digestEntry) {
+func (q *sendQueue) pushPull(records []digestEntry) { q.pushRecords(&q.pull, records) }
+
+// pushRecords appends records to the list to, unless it holds
+// maxDigestRecords already.
+func (q *sendQueue) pushRecords(to *[]digestEntry, records []digestEntry) {
 	q.mu.Lock()
-	if q.closed || len(q.pull) >= maxDigestRecords {
+	if q.closed || len(*to) >= maxDigestRecords {
 		q.mu.Unlock()
 		return
 	}
-	q.pull = append(q.pull, records...)
+	*to = append(*to, records...)
 	q.mu.Unlock()
 	q.signal()
 }
