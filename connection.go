@@ -166,6 +166,10 @@ func (c *LocalConnection) armReadDeadline() {
 func (c *LocalConnection) run() bool {
 	r := c.router
 	err := c.handshake()
+	if c.br != nil {
+		putHandshakeReader(c.br)
+		c.br = nil
+	}
 	r.countFailure(err)
 	if c.handshakeDone != nil {
 		c.handshakeDone()
@@ -191,6 +195,7 @@ func (c *LocalConnection) run() bool {
 func (c *LocalConnection) readOn() {
 	r := c.router
 	err := c.readLoop()
+	c.reader.close()
 	r.removeConnection(c)
 	r.metrics.dropped.Add(1)
 	c.ended(err)
@@ -260,6 +265,11 @@ func (c *LocalConnection) handshake() error {
 		c.remoteNames, c.hasRemoteNames = h, true
 	}
 	c.reader, c.writer, c.first = res.reader, res.writer, res.first
+	// From here on the connection reads through a buffer it holds only
+	// while frames arrive, not the handshake's.
+	c.reader.useStream(c.conn)
+	putHandshakeReader(c.br)
+	c.br = nil
 	if remote.Name == r.Ourself.Name {
 		if remote.UID == r.Ourself.UID {
 			return ErrConnectToSelf
@@ -319,6 +329,10 @@ func (c *LocalConnection) readLoop() error {
 	}
 	for {
 		c.armReadDeadline()
+		// Wait for the next bytes here, near the bottom of the stack: a
+		// quiet connection's goroutine then uses little of its stack, and
+		// the runtime can shrink it.
+		c.reader.wait()
 		body, err := c.reader.readFrame()
 		if err != nil {
 			select {

@@ -122,13 +122,14 @@ func appendGobBytesHeader(dst []byte, n int) []byte {
 const maxRetainedFrameBuffer = 4 << 10
 
 type frameReader struct {
-	br             *bufio.Reader
-	v1             bool      // gob []byte messages instead of length-prefixed frames
-	key            *[32]byte // session key; nil when the connection is not encrypted
-	senderOutbound bool      // the remote dialled the connection (the nonce direction bit)
-	counter        uint64    // counter of the next sealed frame
-	maxFrame       int       // largest body accepted from the wire
-	nonce          [24]byte  // scratch space for the current nonce
+	br             frameSource
+	stream         *streamReader // br after the handshake (see useStream)
+	v1             bool          // gob []byte messages instead of length-prefixed frames
+	key            *[32]byte     // session key; nil when the connection is not encrypted
+	senderOutbound bool          // the remote dialled the connection (the nonce direction bit)
+	counter        uint64        // counter of the next sealed frame
+	maxFrame       int           // largest body accepted from the wire
+	nonce          [24]byte      // scratch space for the current nonce
 	hdr            [frameLenSize]byte
 	buf            []byte // wire bytes of a frame read by copying
 	out            []byte // plaintext of the last sealed frame
@@ -136,11 +137,58 @@ type frameReader struct {
 	err            error  // sticky error; non-nil once the reader is dead
 }
 
+// frameSource is what a frameReader reads from: the handshake's
+// bufio.Reader, then a streamReader.
+type frameSource interface {
+	io.Reader
+	io.ByteReader
+	Peek(n int) ([]byte, error)
+	Discard(n int) (int, error)
+	Size() int
+	Buffered() int
+}
+
+// useStream makes the reader read from rd through a streamReader once the
+// handshake is over, starting with what the handshake's bufio.Reader had
+// buffered past it; that reader is not used afterwards.
+func (r *frameReader) useStream(rd io.Reader) {
+	br, ok := r.br.(*bufio.Reader)
+	if !ok {
+		return
+	}
+	r.stream = newStreamReader(rd, br)
+	r.br = r.stream
+}
+
+// wait blocks until bytes arrive when none are buffered; errors are left
+// for readFrame to return.
+//
+//go:noinline
+func (r *frameReader) wait() {
+	if r.stream != nil && r.err == nil && r.stream.Buffered() == 0 {
+		r.stream.fillQuiet()
+	}
+}
+
+// close gives back the buffers the reader holds; it must not be used
+// afterwards.
+func (r *frameReader) close() {
+	if r.stream != nil {
+		r.stream.close()
+	}
+	putBuffer(r.buf)
+	putBuffer(r.out)
+	r.buf, r.out = nil, nil
+	if r.err == nil {
+		r.err = io.ErrClosedPipe
+	}
+}
+
 // newFrameReader returns a reader of the frames arriving through br, for the
 // given protocol version. key is the session key, or nil for a connection in
 // clear; senderOutbound tells whether the remote (the sender of what we
 // read) dialled the connection. The first sealed frame uses counter 0.
-func newFrameReader(br *bufio.Reader, version byte, key *[32]byte, senderOutbound bool, maxFrame int) *frameReader {
+func newFrameReader(br frameSource, version byte, key *[32]byte, senderOutbound bool, maxFrame int) *frameReader {
 	return &frameReader{
 		br:             br,
 		v1:             version == 1,
@@ -174,12 +222,14 @@ func (r *frameReader) next() ([]byte, error) {
 	// once a small one (a heartbeat at the latest) shows the burst is over,
 	// they go back to the shared pool, so an idle connection holds little
 	// memory.
+	// The plaintext buffer goes back too when nothing more is waiting to be
+	// read: the connection may stay quiet for long.
 	if r.prevSmall {
 		if cap(r.buf) > maxRetainedFrameBuffer {
 			putBuffer(r.buf)
 			r.buf = nil
 		}
-		if cap(r.out) > maxRetainedFrameBuffer {
+		if cap(r.out) > maxRetainedFrameBuffer || (r.stream != nil && r.stream.Buffered() == 0) {
 			putBuffer(r.out)
 			r.out = nil
 		}
@@ -202,7 +252,7 @@ func (r *frameReader) nextFrame() ([]byte, error) {
 		return wire, err
 	}
 	makeNonce(&r.nonce, r.senderOutbound, r.counter)
-	if plain := len(wire) - secretbox.Overhead; cap(r.out) < plain && plain > maxRetainedFrameBuffer {
+	if plain := len(wire) - secretbox.Overhead; r.out == nil || (cap(r.out) < plain && plain > maxRetainedFrameBuffer) {
 		r.out = getBuffer()
 	}
 	out, ok := secretbox.Open(r.out[:0], wire, &r.nonce, r.key)

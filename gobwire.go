@@ -1,7 +1,6 @@
 package mesh
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"io"
@@ -283,12 +282,18 @@ func (r *gobReader) readBytes(max int) ([]byte, error) {
 // remote only costs memory as the bytes actually arrive.
 const gobReadChunk = 64 << 10
 
+// gobSource is what readGobMessage reads from.
+type gobSource interface {
+	io.Reader
+	io.ByteReader
+}
+
 // readGobMessage reads one count-prefixed gob message from a stream and
 // returns its body (without the count). Messages longer than limit bytes are
 // refused with an error wrapping ErrFrameTooLarge. The body is read into
 // buf when it is large enough, else into a new buffer. It returns io.EOF
 // only when the stream ends before the first byte of the message.
-func readGobMessage(r *bufio.Reader, limit int, buf []byte) ([]byte, error) {
+func readGobMessage(r gobSource, limit int, buf []byte) ([]byte, error) {
 	c, err := r.ReadByte()
 	if err != nil {
 		return nil, err

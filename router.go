@@ -1,7 +1,6 @@
 package mesh
 
 import (
-	"bufio"
 	"context"
 	"crypto/rand"
 	"encoding/binary"
@@ -98,9 +97,9 @@ const (
 	// maxRouteGap bounds the spacing of route passes that their measured
 	// cost asks for.
 	maxRouteGap = 500 * time.Millisecond
-	// readBufferSize is the read buffer of each connection: small, as
-	// every connection has one for its whole life; larger frames are read
-	// past it, into buffers shared through a pool.
+	// readBufferSize is the read buffer of a connection's handshake, and
+	// of a connection while frames arrive (see streamReader); larger frames
+	// are read past it, into buffers shared through a pool.
 	readBufferSize = 4 << 10
 	// digestInterval is how often, while the topology changes, a router
 	// exchanges digests with a random neighbour; digestIntervalPerPeer
@@ -496,7 +495,7 @@ func (router *Router) newConnection(conn net.Conn, outbound bool, addr string, t
 	c := &LocalConnection{
 		router:        router,
 		conn:          conn,
-		br:            bufio.NewReaderSize(conn, readBufferSize),
+		br:            getHandshakeReader(conn),
 		readTimeout:   2 * router.heartbeatInterval,
 		outbound:      outbound,
 		remoteTCPAddr: addr,

@@ -58,19 +58,33 @@ func hasUnicast(n, src *node, msg string) bool {
 	return false
 }
 
-// sendTraffic has each of peers broadcast floods items of 8 KiB and send a
-// unicast to each of the others, and the first gossip an item to a subset
-// of its neighbours; it waits until each of peers has received all of it,
-// and returns how long that took from the first send.
+// floodRound is how many broadcasts each peer sends before waiting for the
+// others to have them: 384 KiB per connection, which a connection's send
+// queue (1 MiB) holds, so that no broadcast between peers that read is
+// dropped however slowly their writers run, while the rounds pile up on a
+// connection to a peer that does not read.
+const floodRound = 48
+
+// sendTraffic has each of peers broadcast floods items of 8 KiB, in rounds
+// of floodRound, and send a unicast to each of the others, and the first
+// gossip an item to a subset of its neighbours; it waits until each of
+// peers has received all of it, and returns how long that took from the
+// first send.
 func sendTraffic(t *testing.T, peers []*node, floods int, tag string) time.Duration {
 	t.Helper()
 	start := time.Now()
-	for _, src := range peers {
-		for i := range floods {
-			item := floodItem(tag, src.index, i)
-			src.rec.merge(item)
-			src.gossip.GossipBroadcast(newSetData(item))
+	for from := 0; from < floods; from += floodRound {
+		to := min(from+floodRound, floods)
+		for _, src := range peers {
+			for i := from; i < to; i++ {
+				item := floodItem(tag, src.index, i)
+				src.rec.merge(item)
+				src.gossip.GossipBroadcast(newSetData(item))
+			}
 		}
+		eventually(t, fmt.Sprintf("%s: the peers have broadcasts %d to %d", tag, from, to-1), func() (bool, string) {
+			return hasFloods(peers, tag, to)
+		})
 	}
 	for _, src := range peers {
 		for _, dst := range peers {
@@ -92,17 +106,25 @@ func sendTraffic(t *testing.T, peers []*node, floods int, tag string) time.Durat
 			if !n.rec.has(subset) {
 				return false, fmt.Sprintf("peer %d lacks the gossip", n.index)
 			}
-			for _, src := range peers {
-				for i := range floods {
-					if !n.rec.has(floodItem(tag, src.index, i)) {
-						return false, fmt.Sprintf("peer %d lacks broadcast %d of peer %d", n.index, i, src.index)
-					}
+		}
+		return hasFloods(peers, tag, floods)
+	})
+	return time.Since(start)
+}
+
+// hasFloods reports whether each of peers has the first floods broadcasts
+// of each of the others in the run tag.
+func hasFloods(peers []*node, tag string, floods int) (bool, string) {
+	for _, n := range peers {
+		for _, src := range peers {
+			for i := range floods {
+				if !n.rec.has(floodItem(tag, src.index, i)) {
+					return false, fmt.Sprintf("peer %d lacks broadcast %d of peer %d", n.index, i, src.index)
 				}
 			}
 		}
-		return true, ""
-	})
-	return time.Since(start)
+	}
+	return true, ""
 }
 
 // A peer that stops reading (its process stuck, say) does not hold up the
