@@ -253,6 +253,9 @@ func (q *sendQueue) pushRecords(to *[]digestEntry, records []digestEntry) {
 		q.mu.Unlock()
 		return
 	}
+	if *to == nil {
+		*to = recordsPool.get()
+	}
 	*to = append(*to, records...)
 	q.mu.Unlock()
 	q.signal()
@@ -322,6 +325,9 @@ type nameSet struct {
 }
 
 func (s *nameSet) add(names []PeerName) {
+	if s.names == nil {
+		s.names = namesPool.get()
+	}
 	s.names = append(s.names, names...)
 	if len(s.names) >= max(s.compactAt, smallBatch) {
 		s.compact()
@@ -339,8 +345,12 @@ func (s *nameSet) compact() {
 // for the next batch: an idle connection should not hold it.
 func (s *nameSet) take(dst []PeerName) []PeerName {
 	s.compact()
+	if dst == nil && len(s.names) > 0 {
+		dst = namesPool.get()
+	}
 	dst = append(dst, s.names...)
 	if cap(s.names) > smallBatch {
+		namesPool.put(s.names)
 		s.names = nil
 	} else {
 		s.names = s.names[:0]
@@ -357,21 +367,25 @@ const smallBatch = 64
 // when the connection has nothing more to send, so that an idle
 // connection does not keep them.
 func (b *sendBatch) release(idle bool) {
+	if idle || cap(b.topo) > smallBatch {
+		namesPool.put(b.topo)
+		b.topo = nil
+	}
+	if idle || cap(b.announce) > smallBatch {
+		namesPool.put(b.announce)
+		b.announce = nil
+	}
+	if idle || cap(b.pull) > smallBatch {
+		recordsPool.put(b.pull)
+		b.pull = nil
+	}
+	if idle || cap(b.answers) > smallBatch {
+		recordsPool.put(b.answers)
+		b.answers = nil
+	}
 	if idle {
 		*b = sendBatch{}
 		return
-	}
-	if cap(b.topo) > smallBatch {
-		b.topo = nil
-	}
-	if cap(b.announce) > smallBatch {
-		b.announce = nil
-	}
-	if cap(b.pull) > smallBatch {
-		b.pull = nil
-	}
-	if cap(b.answers) > smallBatch {
-		b.answers = nil
 	}
 	if cap(b.keys) > smallBatch {
 		b.keys, b.gossip = nil, nil

@@ -22,26 +22,39 @@ const smallEncoderBuffer = 16 << 10
 // connection has nothing more to send, so that an idle connection does not
 // keep them.
 func (e *topoEncoder) release(idle bool) {
+	if idle || cap(e.buf) > smallEncoderBuffer {
+		putBuffer(e.buf)
+		e.buf = nil
+	}
+	if idle || cap(e.updates) > smallBatch {
+		updatesPool.put(e.updates)
+		e.updates = nil
+	}
+	if idle || cap(e.records) > smallBatch*8 {
+		recordsPool.put(e.records)
+		e.records = nil
+	}
+	if idle || cap(e.names) > smallBatch {
+		namesPool.put(e.names)
+		e.names = nil
+	}
 	if idle {
 		*e = topoEncoder{}
 		return
 	}
-	if cap(e.buf) > smallEncoderBuffer {
-		e.buf = nil
-	}
-	if cap(e.updates) > smallBatch {
-		e.updates = nil
-	}
-	if cap(e.records) > smallBatch*8 {
-		e.records = nil
-	}
 	if cap(e.ends) > smallBatch {
 		e.ends, e.msgs = nil, nil
 	}
-	if cap(e.names) > smallBatch {
-		e.names = nil
-	}
 	clear(e.updates[:cap(e.updates)]) // no references to old entries
+}
+
+// startBuffer empties the buffer the messages are encoded into, taking
+// one from the pool when the encoder has none.
+func (e *topoEncoder) startBuffer() {
+	if e.buf == nil {
+		e.buf = getBuffer()
+	}
+	e.buf, e.ends = e.buf[:0], e.ends[:0]
 }
 
 // messages returns the messages ending at e.ends in e.buf.
@@ -58,10 +71,13 @@ func (e *topoEncoder) messages() [][]byte {
 // topology encodes the current entries of names (every peer when nil) as
 // topology messages of at most maxPeersPerTopologyMessage entries.
 func (e *topoEncoder) topology(peers *Peers, names []PeerName) [][]byte {
+	if e.updates == nil {
+		e.updates = updatesPool.get()
+	}
 	peers.mu.RLock()
 	e.updates = peers.topo.updatesFor(names, e.updates[:0])
 	peers.mu.RUnlock()
-	e.buf, e.ends = e.buf[:0], e.ends[:0]
+	e.startBuffer()
 	for u := e.updates; len(u) > 0; {
 		n := min(len(u), maxPeersPerTopologyMessage)
 		e.buf = appendTopology(e.buf, u[:n])
@@ -106,6 +122,9 @@ func (e *topoEncoder) answers(peers *Peers, records []digestEntry, frame func(de
 
 // digest encodes our digest: every peer's record but placeholders'.
 func (e *topoEncoder) digest(peers *Peers) [][]byte {
+	if e.records == nil {
+		e.records = recordsPool.get()
+	}
 	peers.mu.RLock()
 	e.records = peers.topo.appendDigest(e.records[:0])
 	peers.mu.RUnlock()
@@ -114,6 +133,9 @@ func (e *topoEncoder) digest(peers *Peers) [][]byte {
 
 // announce encodes the current records of names, those we know.
 func (e *topoEncoder) announce(peers *Peers, names []PeerName) [][]byte {
+	if e.records == nil {
+		e.records = recordsPool.get()
+	}
 	e.records = e.records[:0]
 	peers.mu.RLock()
 	for _, n := range names {
@@ -127,7 +149,7 @@ func (e *topoEncoder) announce(peers *Peers, names []PeerName) [][]byte {
 
 // digestRecords encodes records as messages of at most maxDigestRecords.
 func (e *topoEncoder) digestRecords(records []digestEntry) [][]byte {
-	e.buf, e.ends = e.buf[:0], e.ends[:0]
+	e.startBuffer()
 	for len(records) > 0 {
 		n := min(len(records), maxDigestRecords)
 		e.buf = appendDigest(e.buf, records[:n])
