@@ -29,9 +29,10 @@ type Peer struct {
 	// duplicates. Never modified once the Peer is published.
 	conns []connectionSummary
 	// prev is the entry this one replaced, of the same incarnation, kept
-	// (without its own prev) for entries of at least deltaMinConns
-	// connections: a neighbour one version behind is then sent the
-	// difference rather than the whole entry (see topoEncoder.answers).
+	// (with at most deltaBases-1 of its own prevs) for entries of at least
+	// deltaMinConns connections: a neighbour a few versions behind is then
+	// sent the difference rather than the whole entry (see
+	// topoEncoder.answers).
 	prev *Peer
 }
 
@@ -94,14 +95,40 @@ func (peer *Peer) summary() peerSummary {
 	}
 }
 
-// withoutPrev returns the peer's entry without the one it replaced.
-func (peer *Peer) withoutPrev() *Peer {
-	if peer.prev == nil {
+// withoutPrev returns the peer's entry without the ones it replaced.
+func (peer *Peer) withoutPrev() *Peer { return peer.withPrevs(0) }
+
+// withPrevs returns the peer's entry with at most n of the entries it
+// replaced (the chain of prev). Entries are immutable, so the part of the
+// chain that is kept is shared, and the part that is cut copied.
+func (peer *Peer) withPrevs(n int) *Peer {
+	depth := 0
+	for b := peer.prev; b != nil && depth <= n; b = b.prev {
+		depth++
+	}
+	if depth <= n {
 		return peer
 	}
 	p := *peer
 	p.prev = nil
+	if n > 0 {
+		p.prev = peer.prev.withPrevs(n - 1)
+	}
 	return &p
+}
+
+// base returns the entry of the given UID and version among those this
+// one replaced and kept, or nil.
+func (peer *Peer) base(uid PeerUID, version uint64) *Peer {
+	if uid != peer.UID {
+		return nil
+	}
+	for b := peer.prev; b != nil; b = b.prev {
+		if b.Version == version {
+			return b
+		}
+	}
+	return nil
 }
 
 // isPlaceholder reports whether the peer is only known by name, from

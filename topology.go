@@ -231,7 +231,7 @@ func (t *topology) apply(updates []peerUpdate) mergeResult {
 			conns: conns,
 		}
 		if existing != nil && existing.UID == p.UID && len(conns) >= deltaMinConns {
-			p.prev = existing.withoutPrev()
+			p.prev = existing.withPrevs(deltaBases - 1)
 		}
 		t.put(p)
 		t.forgetTombstone(u.Name)

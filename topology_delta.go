@@ -21,10 +21,11 @@ import (
 // whole entry with a pull (topology_pull.go).
 //
 // Entries of other peers travel as deltas too, in answer to a pull from a
-// neighbour one version behind, when the entry is large enough for its
-// previous version to be kept (deltaMinConns): so the change of one
-// connection of the hub of a large star reaches every peer as a few dozen
-// bytes, not as the hub's whole entry.
+// neighbour a few versions behind, when the entry is large enough for its
+// previous versions to be kept (deltaMinConns, deltaBases): so the change
+// of one connection of the hub of a large star reaches every peer as a few
+// dozen bytes, not as the hub's whole entry, even while the hub changes
+// faster than its versions spread.
 
 const (
 	// deltaChannel is the gossip channel name deltas travel under.
@@ -37,6 +38,10 @@ const (
 	// which the previous version is kept, to answer pulls with a delta:
 	// below it a whole entry is small anyway.
 	deltaMinConns = 16
+	// deltaBases is how many versions of such an entry before the current
+	// one are kept as bases for deltas. They share their connection lists
+	// with the entries they were.
+	deltaBases = 4
 )
 
 // entryDelta turns version From of a peer's entry into version To.

@@ -90,10 +90,11 @@ func (e *topoEncoder) topology(peers *Peers, names []PeerName) [][]byte {
 // answers sorts out the answer to pulls, given the requester's records of
 // the entries it asked for: those newer here go whole (the names
 // returned), or as deltas (appended to out as frames by frame) when the
-// requester has the version just before ours of a large entry.
+// requester has one of the versions of a large entry kept before ours
+// (see deltaBases).
 func (e *topoEncoder) answers(peers *Peers, records []digestEntry, frame func(delta []byte) error) ([]PeerName, error) {
 	e.names = e.names[:0]
-	var deltas []*Peer
+	var deltas [][2]*Peer // base, entry
 	peers.mu.RLock()
 	for _, r := range records {
 		p := peers.topo.get(r.Name)
@@ -103,15 +104,15 @@ func (e *topoEncoder) answers(peers *Peers, records []digestEntry, frame func(de
 		if r.UID != 0 && !newerRecord(digestEntry{UID: p.UID, Version: p.Version}, r.UID, r.Version) {
 			continue // the requester is up to date
 		}
-		if p.prev != nil && r.UID == p.UID && r.Version == p.prev.Version {
-			deltas = append(deltas, p)
+		if b := p.base(r.UID, r.Version); b != nil {
+			deltas = append(deltas, [2]*Peer{b, p})
 			continue
 		}
 		e.names = append(e.names, p.Name)
 	}
 	peers.mu.RUnlock()
-	for _, p := range deltas {
-		d := diffEntries(p.prev, p)
+	for _, bp := range deltas {
+		d := diffEntries(bp[0], bp[1])
 		e.buf = appendDelta(e.buf[:0], &d)
 		if err := frame(e.buf); err != nil {
 			return nil, err

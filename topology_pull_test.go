@@ -116,9 +116,45 @@ func TestAnswerPull(t *testing.T) {
 	require.Equal(t, []connectionSummary{conn(6, true)}, deltas[0].Add)
 	require.Equal(t, uint64(7), deltas[0].From)
 
-	// Two versions behind: the whole entry.
+	// A version we never had: the whole entry.
 	whole, err = enc.answers(&Peers{topo: tp}, []digestEntry{rec(4, 44, 6)}, func([]byte) error {
 		t.Fatal("no delta from a version not kept")
+		return nil
+	})
+	require.NoError(t, err)
+	require.Equal(t, []PeerName{testPeerName(4)}, whole)
+
+	// The last deltaBases versions are kept: a requester up to that far
+	// behind gets a delta from its own version, one further behind the
+	// whole entry.
+	for v := uint64(9); v <= 14; v++ {
+		tp.apply([]peerUpdate{many(v, 6, int(v))})
+	}
+	depth := 0
+	for b := tp.get(testPeerName(4)).prev; b != nil; b = b.prev {
+		depth++
+		require.Equal(t, uint64(14-depth), b.Version)
+	}
+	require.Equal(t, deltaBases, depth)
+	deltas = nil
+	whole, err = enc.answers(&Peers{topo: tp}, []digestEntry{rec(4, 44, 14-deltaBases)}, func(b []byte) error {
+		d, err := parseDelta(b, topologyLimits{MaxConnections: 100})
+		require.NoError(t, err)
+		deltas = append(deltas, d)
+		return nil
+	})
+	require.NoError(t, err)
+	require.Empty(t, whole)
+	require.Len(t, deltas, 1)
+	require.Equal(t, uint64(14-deltaBases), deltas[0].From)
+	require.Equal(t, uint64(14), deltas[0].To)
+	base := tp.get(testPeerName(4)).base(44, 14-deltaBases)
+	require.NotNil(t, base)
+	u, res := (&topology{byName: map[PeerName]*Peer{base.Name: base}}).deltaUpdate(&deltas[0])
+	require.Equal(t, deltaApplies, res)
+	require.Equal(t, tp.get(testPeerName(4)).conns, sortConnections(u.Connections), "the delta turns the base into the current entry")
+	whole, err = enc.answers(&Peers{topo: tp}, []digestEntry{rec(4, 44, 13-deltaBases)}, func([]byte) error {
+		t.Fatal("no delta from a version no longer kept")
 		return nil
 	})
 	require.NoError(t, err)
