@@ -95,9 +95,6 @@ func (peer *Peer) summary() peerSummary {
 	}
 }
 
-// withoutPrev returns the peer's entry without the ones it replaced.
-func (peer *Peer) withoutPrev() *Peer { return peer.withPrevs(0) }
-
 // withPrevs returns the peer's entry with at most n of the entries it
 // replaced (the chain of prev). Entries are immutable, so the part of the
 // chain that is kept is shared, and the part that is cut copied.
