@@ -222,14 +222,14 @@ func (r *frameReader) next() ([]byte, error) {
 	// once a small one (a heartbeat at the latest) shows the burst is over,
 	// they go back to the shared pool, so an idle connection holds little
 	// memory.
-	// The plaintext buffer goes back too when nothing more is waiting to be
-	// read: the connection may stay quiet for long.
+	// The plaintext buffer goes back too when the stream has gone quiet:
+	// the connection may stay so for long.
 	if r.prevSmall {
 		if cap(r.buf) > maxRetainedFrameBuffer {
 			putBuffer(r.buf)
 			r.buf = nil
 		}
-		if cap(r.out) > maxRetainedFrameBuffer || (r.stream != nil && r.stream.Buffered() == 0) {
+		if cap(r.out) > maxRetainedFrameBuffer || (r.stream != nil && r.stream.quiet()) {
 			putBuffer(r.out)
 			r.out = nil
 		}

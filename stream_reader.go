@@ -67,6 +67,10 @@ func newStreamReader(rd io.Reader, br *bufio.Reader) *streamReader {
 	return s
 }
 
+// quiet reports whether nothing is buffered and the last read was small:
+// the next read will likely wait.
+func (s *streamReader) quiet() bool { return s.r == s.w && !s.busy }
+
 // Size returns the most bytes Peek can return.
 func (s *streamReader) Size() int { return streamBufferSize }
 
