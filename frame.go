@@ -160,13 +160,11 @@ func (r *frameReader) useStream(rd io.Reader) {
 	r.br = r.stream
 }
 
-// wait blocks until bytes arrive when none are buffered; errors are left
-// for readFrame to return.
-//
-//go:noinline
+// wait blocks until bytes arrive when none are buffered; an error stays
+// in the stream, for readFrame to return.
 func (r *frameReader) wait() {
 	if r.stream != nil && r.err == nil && r.stream.Buffered() == 0 {
-		r.stream.fillQuiet()
+		_ = r.stream.fill(1)
 	}
 }
 

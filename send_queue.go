@@ -166,10 +166,14 @@ func (q *sendQueue) stopWriterIfIdle() bool {
 }
 
 // pushHeartbeat asks for a heartbeat.
-func (q *sendQueue) pushHeartbeat() {
+func (q *sendQueue) pushHeartbeat() { q.setFlag(&q.beat) }
+
+// setFlag sets one of the queue's flags (a field of q), unless the queue
+// is closed, and wakes the writer.
+func (q *sendQueue) setFlag(flag *bool) {
 	q.mu.Lock()
 	if !q.closed {
-		q.beat = true
+		*flag = true
 	}
 	q.mu.Unlock()
 	q.signal()
@@ -217,14 +221,7 @@ func (q *sendQueue) pushTopology(names []PeerName, full bool) {
 // pushOwnChange asks for our own entry to be sent after a change of our
 // connections: as a delta where the remote understands them (see
 // topology_delta.go), else whole.
-func (q *sendQueue) pushOwnChange() {
-	q.mu.Lock()
-	if !q.closed {
-		q.ownChanged = true
-	}
-	q.mu.Unlock()
-	q.signal()
-}
+func (q *sendQueue) pushOwnChange() { q.setFlag(&q.ownChanged) }
 
 // pushAnnounce asks for the current versions of names to be announced.
 func (q *sendQueue) pushAnnounce(names []PeerName) {
@@ -265,26 +262,14 @@ func (q *sendQueue) pushRecords(to *[]digestEntry, records []digestEntry) {
 // the remote understands digests, else the full topology.
 func (q *sendQueue) pushTopologySync(digests bool) {
 	if digests {
-		q.mu.Lock()
-		if !q.closed {
-			q.sync = true
-		}
-		q.mu.Unlock()
-		q.signal()
+		q.setFlag(&q.sync)
 	} else {
 		q.pushTopology(nil, true)
 	}
 }
 
 // pushDigest asks for our topology digest to be sent.
-func (q *sendQueue) pushDigest() {
-	q.mu.Lock()
-	if !q.closed {
-		q.digest = true
-	}
-	q.mu.Unlock()
-	q.signal()
-}
+func (q *sendQueue) pushDigest() { q.setFlag(&q.digest) }
 
 // pushGossip queues data, merging it into what waits under the same key.
 func (q *sendQueue) pushGossip(key gossipKey, data GossipData) {

@@ -169,14 +169,6 @@ func (s *streamReader) fill(need int) error {
 	return nil
 }
 
-// fillQuiet reads when nothing is buffered, keeping any error for the
-// next call.
-func (s *streamReader) fillQuiet() {
-	if s.r == s.w && s.err == nil {
-		_ = s.fill(1)
-	}
-}
-
 // takeBuffer moves the unread bytes from the small array into a pooled
 // buffer.
 func (s *streamReader) takeBuffer() {
