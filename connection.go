@@ -57,8 +57,11 @@ type LocalConnection struct {
 	// lastTopo when topology was last sent (only the writer uses them).
 	lastOwn  *Peer
 	lastTopo time.Time
-	reader   *frameReader
-	writer   *frameWriter
+	// lastLater is when announcements of newer versions were last sent
+	// (see sendQueue.announceLater); only the writer uses it.
+	lastLater time.Time
+	reader    *frameReader
+	writer    *frameWriter
 	// first is a frame the handshake read (see handshakeResult.first).
 	first []byte
 	// rs is the reader's scratch space.
@@ -471,17 +474,39 @@ func (c *LocalConnection) writeLoop() {
 		batch      sendBatch
 		enc        topoEncoder
 		timerArmed bool
+		timerAt    time.Time // when the armed timer fires
 	)
 	for {
 		now := time.Now()
 		interval := c.router.topologyInterval
-		stillTopo := c.q.take(&batch, now.Sub(c.lastTopo) >= interval)
-		if stillTopo && !timerArmed {
-			topoTimer.Reset(interval - now.Sub(c.lastTopo))
-			timerArmed = true
-		}
+		laterDelay := c.router.announceDelay()
+		withTopo := now.Sub(c.lastTopo) >= interval
+		withLater := withTopo && now.Sub(c.lastLater) >= laterDelay
+		stillTopo, stillLater := c.q.take(&batch, withTopo, withLater)
 		err := c.sendBatch(&batch, &enc, now)
-		idle := !stillTopo && len(c.q.wake) == 0
+		if batch.later {
+			c.lastLater = now
+		}
+		// What is still waiting goes when its interval is up: the timer
+		// is armed for the earliest, or re-armed if it was set later.
+		var due time.Time
+		if stillTopo {
+			due = c.lastTopo.Add(interval)
+		}
+		if stillLater {
+			at := c.lastLater.Add(laterDelay)
+			if t := c.lastTopo.Add(interval); t.After(at) {
+				at = t
+			}
+			if due.IsZero() || at.Before(due) {
+				due = at
+			}
+		}
+		if !due.IsZero() && (!timerArmed || due.Before(timerAt)) {
+			topoTimer.Reset(max(due.Sub(now), 0))
+			timerArmed, timerAt = true, due
+		}
+		idle := !stillTopo && !stillLater && len(c.q.wake) == 0
 		batch.release(idle)
 		enc.release(idle)
 		if err != nil {

@@ -10,6 +10,9 @@ import "sync"
 type slicePool[T any] struct {
 	p       sync.Pool
 	maxKeep int // lists of a larger capacity are dropped
+	// plain is set when T holds no pointers: its lists need no
+	// clearing when given back.
+	plain bool
 }
 
 // get returns an empty list, with some capacity when one was given back.
@@ -26,14 +29,19 @@ func (sp *slicePool[T]) put(s []T) {
 	if cap(s) == 0 || cap(s) > sp.maxKeep {
 		return
 	}
-	s = s[:cap(s)]
-	clear(s)
+	if !sp.plain {
+		s = s[:cap(s)]
+		clear(s)
+	}
 	s = s[:0]
 	sp.p.Put(&s)
 }
 
 var (
-	namesPool   = slicePool[PeerName]{maxKeep: maxDigestRecords}
-	recordsPool = slicePool[digestEntry]{maxKeep: maxDigestRecords}
+	namesPool   = slicePool[PeerName]{maxKeep: maxDigestRecords, plain: true}
+	recordsPool = slicePool[digestEntry]{maxKeep: maxDigestRecords, plain: true}
 	updatesPool = slicePool[peerUpdate]{maxKeep: 1 << 14}
+	// candidatesPool holds the lists of announced entries newer than ours
+	// a reader builds (see pullNewer).
+	candidatesPool = slicePool[pullCandidate]{maxKeep: maxDigestRecords, plain: true}
 )

@@ -94,6 +94,16 @@ const (
 	// recomputations while changes keep coming: large meshes, where
 	// changes never stop while they form, recompute less often.
 	routeGapPerPeer = 100 * time.Microsecond
+	// announceDelayPerPeer is, per known peer, the least time between two
+	// announcements of newer versions of entries on one connection (see
+	// sendQueue.announceLater); maxAnnounceDelay bounds it. Every version
+	// of an entry that spreads costs every peer a merge, and an entry
+	// changes a dozen times while its peer makes its connections: in a
+	// large mesh in turmoil, a relaying peer announces each entry about
+	// once per delay (half a second at a thousand peers) rather than
+	// every version. New peers are announced at once.
+	announceDelayPerPeer = 500 * time.Microsecond
+	maxAnnounceDelay     = time.Second
 	// maxRouteGap bounds the spacing of route passes that their measured
 	// cost asks for.
 	maxRouteGap = 500 * time.Millisecond
@@ -675,6 +685,7 @@ func (router *Router) removeConnection(c *LocalConnection) {
 	router.mu.Unlock()
 	router.terminations.Add(1)
 	router.ourConnectionsChanged(nil)
+	router.pullsNeighbourGone(c.remoteName)
 	router.ConnectionMaker.signal()
 	router.logf("%s: connection deleted", c)
 }
@@ -1023,30 +1034,46 @@ func (router *Router) mergeUpdates(c *LocalConnection, updates []peerUpdate) {
 	for i, o := range conns {
 		neighbours[i] = o.remoteName
 	}
+	// relay gets the names to announce at once, later those of newer
+	// versions of entries the neighbour most likely has.
 	relay := make(map[PeerName][]PeerName)
+	later := make(map[PeerName][]PeerName)
+	var orders []pullOrder
 	router.Peers.mu.Lock()
 	res := router.Peers.topo.apply(updates)
 	router.metrics.topologyUpdates.Add(uint64(len(res.changed)))
 	if len(res.changed) > 0 {
+		now := time.Now().UnixNano()
 		rc := router.Peers.topo.newRelayContext(c.remoteName, neighbours)
-		for _, x := range res.changed {
+		for i, x := range res.changed {
 			if p := router.Peers.topo.get(x); p != nil {
-				router.pulls.received(p)
+				if o, ok := router.pulls.received(p, now); ok {
+					orders = append(orders, o)
+				}
+			}
+			to := relay
+			if res.renewed[i] {
+				to = later
 			}
 			for _, n := range rc.targets(x) {
-				relay[n] = append(relay[n], x)
+				to[n] = append(to[n], x)
 			}
 		}
 	}
 	router.Peers.mu.Unlock()
+	router.sendPulls(orders)
 	for _, o := range conns {
-		names := relay[o.remoteName]
+		names, newer := relay[o.remoteName], later[o.remoteName]
 		switch {
-		case len(names) == 0:
 		case o.digests:
-			o.q.pushAnnounce(names)
-		default:
-			o.q.pushTopology(names, false)
+			if len(names) > 0 {
+				o.q.pushAnnounce(names)
+			}
+			if len(newer) > 0 {
+				o.q.pushAnnounceLater(newer)
+			}
+		case len(names) > 0 || len(newer) > 0:
+			o.q.pushTopology(append(names, newer...), false)
 		}
 	}
 	if res.ourVersionBumped {
@@ -1072,6 +1099,12 @@ func (router *Router) mergeUpdates(c *LocalConnection, updates []peerUpdate) {
 	if len(res.changed) > 0 || res.ourVersionBumped || res.placeholders > 0 {
 		router.topologyChanged()
 	}
+}
+
+// announceDelay is the least time between two announcements of newer
+// versions of entries on one connection.
+func (router *Router) announceDelay() time.Duration {
+	return min(max(router.topologyInterval, time.Duration(router.Peers.count())*announceDelayPerPeer), maxAnnounceDelay)
 }
 
 // ourEntryRaised sends our own entry whole to every neighbour, after we

@@ -504,7 +504,7 @@ func TestSurrogateGossipBoundedPerConnection(t *testing.T) {
 
 	// One channel alone, still bounded, older messages dropped first.
 	var b sendBatch
-	q.take(&b, true)
+	q.take(&b, true, true)
 	key := gossipKey{tag: tagGossip, channel: "one", src: 1}
 	for i := range 3000 {
 		m := bytes.Clone(msg)
@@ -517,7 +517,7 @@ func TestSurrogateGossipBoundedPerConnection(t *testing.T) {
 
 	// A single message larger than the bound still goes through an empty
 	// queue.
-	q.take(&b, true)
+	q.take(&b, true, true)
 	q.pushGossip(key, newSurrogateData(make([]byte, 2*maxSurrogatePending)))
 	require.Len(t, q.gossip, 1)
 }

@@ -62,7 +62,12 @@ type sendQueue struct {
 	// announce holds the peers whose entries are to be announced (see
 	// topology_pull.go), pull the records of entries to ask for.
 	announce nameSet
-	pull     []digestEntry
+	// announceLater holds the peers whose newer versions of entries the
+	// remote most likely has are to be announced: sent at most once per
+	// the router's announce delay (see Router.announceDelay), so that a
+	// peer changing faster than that is announced once per delay.
+	announceLater nameSet
+	pull          []digestEntry
 	// answers holds the records of pulls to answer: what the remote has
 	// of each entry it asked for.
 	answers []digestEntry
@@ -148,7 +153,7 @@ func (q *sendQueue) setStartWriter(start func()) {
 
 // emptyLocked reports whether nothing is queued; the caller holds mu.
 func (q *sendQueue) emptyLocked() bool {
-	return len(q.buf) == 0 && !q.topoFull && len(q.topo.names) == 0 && len(q.announce.names) == 0 &&
+	return len(q.buf) == 0 && !q.topoFull && len(q.topo.names) == 0 && len(q.announce.names) == 0 && len(q.announceLater.names) == 0 &&
 		len(q.pull) == 0 && len(q.answers) == 0 && !q.ownChanged && !q.digest && !q.sync && !q.beat &&
 		len(q.order) == 0
 }
@@ -231,6 +236,19 @@ func (q *sendQueue) pushAnnounce(names []PeerName) {
 		return
 	}
 	q.announce.add(names)
+	q.mu.Unlock()
+	q.signal()
+}
+
+// pushAnnounceLater asks for the current versions of names to be
+// announced with the next announcements of newer versions.
+func (q *sendQueue) pushAnnounceLater(names []PeerName) {
+	q.mu.Lock()
+	if q.closed {
+		q.mu.Unlock()
+		return
+	}
+	q.announceLater.add(names)
 	q.mu.Unlock()
 	q.signal()
 }
@@ -384,6 +402,7 @@ type sendBatch struct {
 	topoFull   bool
 	topo       []PeerName
 	announce   []PeerName
+	later      bool // announce holds announcements of newer versions
 	answers    []digestEntry
 	pull       []digestEntry
 	ownChanged bool
@@ -395,25 +414,37 @@ type sendBatch struct {
 }
 
 // take moves everything queued into b, reusing b's buffers. Topology is
-// taken only when withTopology is set; hasTopology tells whether some is
-// still waiting.
-func (q *sendQueue) take(b *sendBatch, withTopology bool) (hasTopology bool) {
+// taken only when withTopology is set, and the announcements of newer
+// versions only when withLater is set too; hasTopology tells whether some
+// topology is still waiting, hasLater whether such announcements are.
+func (q *sendQueue) take(b *sendBatch, withTopology, withLater bool) (hasTopology, hasLater bool) {
 	q.mu.Lock()
 	b.buf, q.buf = q.buf, nil
 	b.count, q.count = q.count, 0
 	b.topoFull = false
 	b.topo = b.topo[:0]
 	b.announce = b.announce[:0]
+	b.later = false
 	b.ownChanged = false
 	if withTopology {
 		b.topoFull = q.topoFull
 		q.topoFull = false
 		b.topo = q.topo.take(b.topo)
 		b.announce = q.announce.take(b.announce)
+		if withLater && len(q.announceLater.names) > 0 {
+			n := len(b.announce)
+			b.announce = q.announceLater.take(b.announce)
+			b.later = true
+			if n > 0 {
+				slices.Sort(b.announce)
+				b.announce = slices.Compact(b.announce)
+			}
+		}
 		b.ownChanged, q.ownChanged = q.ownChanged, false
 		b.answers, q.answers = q.answers, nil
 	}
 	hasTopology = q.topoFull || len(q.topo.names) > 0 || len(q.announce.names) > 0 || q.ownChanged || len(q.answers) > 0
+	hasLater = len(q.announceLater.names) > 0
 	b.pull, q.pull = q.pull, nil
 	b.digest, q.digest = q.digest, false
 	b.sync, q.sync = q.sync, false
@@ -435,7 +466,7 @@ func (q *sendQueue) take(b *sendBatch, withTopology bool) (hasTopology bool) {
 		q.spaceWait = nil
 	}
 	q.mu.Unlock()
-	return hasTopology
+	return hasTopology, hasLater
 }
 
 // close drops everything queued and wakes any waiting sender.
@@ -444,7 +475,7 @@ func (q *sendQueue) close() {
 	q.closed = true
 	q.buf = nil
 	q.topo = nameSet{}
-	q.announce = nameSet{}
+	q.announce, q.announceLater = nameSet{}, nameSet{}
 	q.answers = nil
 	q.gossip = nil
 	q.order = nil

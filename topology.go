@@ -166,6 +166,10 @@ type mergeResult struct {
 	// changed lists the peers whose entries were added or replaced, in the
 	// order of the update. These are what is relayed onwards.
 	changed []PeerName
+	// renewed[i] is set when changed[i] replaced an entry of the same
+	// incarnation: a newer version of an entry we had, rather than a peer
+	// new to us (or a new incarnation of one).
+	renewed []bool
 	// ourVersionBumped is set when the update held an entry for our own
 	// name from another incarnation, so we raised our version above it and
 	// must advertise ourselves again.
@@ -236,6 +240,7 @@ func (t *topology) apply(updates []peerUpdate) mergeResult {
 		t.put(p)
 		t.forgetTombstone(u.Name)
 		res.changed = append(res.changed, u.Name)
+		res.renewed = append(res.renewed, existing != nil && existing.UID == p.UID)
 		for _, c := range p.conns {
 			if c.Name != t.ourName && t.get(c.Name) == nil {
 				t.addPlaceholder(c.Name, &res)

@@ -1,5 +1,7 @@
 package mesh
 
+import "slices"
+
 // topoEncoder encodes the topology messages one connection's writer sends:
 // entries, digests, announcements and pulls. It keeps its buffers from one
 // batch to the next, so that a busy connection does not allocate for each
@@ -78,6 +80,7 @@ func (e *topoEncoder) topology(peers *Peers, names []PeerName) [][]byte {
 	e.updates = peers.topo.updatesFor(names, e.updates[:0])
 	peers.mu.RUnlock()
 	e.startBuffer()
+	e.buf = slices.Grow(e.buf, topologySizeBound(e.updates))
 	for u := e.updates; len(u) > 0; {
 		n := min(len(u), maxPeersPerTopologyMessage)
 		e.buf = appendTopology(e.buf, u[:n])

@@ -1,6 +1,10 @@
 package mesh
 
-import "time"
+import (
+	"cmp"
+	"slices"
+	"time"
+)
 
 // Topology announcements: an extension between mesh peers that understand
 // them (feature featureTopologyDigest, see ourDigestLevel).
@@ -12,12 +16,14 @@ import "time"
 // digest record (name, UID, version; 22 bytes) per entry, under
 // announceChannel. A peer that finds an announced entry newer than its own
 // asks the announcer for it with a digest record of its own version under
-// pullChannel, unless it already asked another neighbour for that version
-// less than pullTimeout ago; the announcer answers with the entry on the
-// ordinary topology channel. Each peer thus receives each entry about once,
-// plus d small records. A peer's own entry is still sent whole to its
-// neighbours, who all need it; neighbours that are weave peers get every
-// entry whole, as weave expects.
+// pullChannel, unless it already asked a neighbour for that entry less
+// than pullTimeout ago (see pullsInFlight); the announcer answers with the
+// entry on the ordinary topology channel. Each peer thus receives each
+// entry about once, plus d small records. A relaying peer announces peers
+// new to it at once, and newer versions of entries it had at most once per
+// announce delay (see Router.announceDelay). A peer's own changes go to
+// its neighbours as deltas (topology_delta.go); neighbours that are weave
+// peers get every entry whole, as weave expects.
 
 const (
 	// announceChannel is the gossip channel name announcements travel
@@ -27,8 +33,18 @@ const (
 	// digest records of the requester's versions.
 	pullChannel = "topology-pull"
 	// pullTimeout is how long a peer waits for an entry it asked one
-	// neighbour for before asking another that announces it.
-	pullTimeout = time.Second
+	// neighbour for before asking another that announces it, or before
+	// a digest exchange may ask for it again; pullTimeoutPerPeer makes
+	// it longer in larger meshes, up to maxPullTimeout. A neighbour that
+	// goes away releases what was asked of it at once, so the timeout
+	// only serves answers that never come, which are rare; and asking
+	// again too early costs a second copy of every entry asked for. A
+	// thousand routers forming a mesh in one process on two cores answer
+	// in 1 to 10 s, as every message waits for a core behind thousands
+	// of others.
+	pullTimeout        = time.Second
+	pullTimeoutPerPeer = 15 * time.Millisecond
+	maxPullTimeout     = 15 * time.Second
 	// ourDigestLevel is the level of featureTopologyDigest we send. A
 	// peer that sends this level or a higher one understands digests
 	// answered by pulls, sync requests, announcements and deltas; with
@@ -77,9 +93,26 @@ func (t *topology) appendWanted(out []pullCandidate, announced []digestEntry) []
 	return out
 }
 
-// pullsInFlight remembers which entries we asked a neighbour for and when,
-// so that an entry announced by several neighbours is fetched once. It
-// reads no clock: times are passed in.
+// record returns the digest record of what we have of name's entry: UID
+// and version 0 when we have none, or only a placeholder. A pull request
+// carries it.
+func (t *topology) record(name PeerName) digestEntry {
+	if p := t.get(name); p != nil && !p.isPlaceholder() {
+		return digestEntry{Name: name, UID: p.UID, Version: p.Version}
+	}
+	return digestEntry{Name: name}
+}
+
+// pullsInFlight remembers which entries we asked a neighbour for, from
+// whom and when, so that an entry announced by several neighbours is
+// fetched once. At most one request per entry is out at a time: a later
+// version announced while one is out is remembered, and asked for once
+// the answer arrives if the answer is older, or at once if the request
+// expires or its neighbour goes away. A peer whose entry changes faster
+// than its versions spread is thus fetched about once per round trip, not
+// once per version; and a busy neighbour that answers late does not make
+// us fetch the same entry again elsewhere. It reads no clock: times are
+// passed in.
 type pullsInFlight struct {
 	m map[PeerName]pullRequest
 }
@@ -88,27 +121,45 @@ type pullRequest struct {
 	uid     PeerUID
 	version uint64
 	at      int64
+	// from is the neighbour asked.
+	from PeerName
+	// later is a version announced after the request went out, by
+	// laterFrom; its UID is 0 when there is none.
+	later     digestEntry
+	laterFrom PeerName
+}
+
+// pullOrder is a request to send: the record of what we have of an entry,
+// to ask neighbour to for it.
+type pullOrder struct {
+	to   PeerName
+	have digestEntry
 }
 
 // maxPullsInFlight bounds the requests remembered; beyond it, the oldest
 // are forgotten (and may be asked for again).
 const maxPullsInFlight = 1 << 16
 
-// claim keeps the candidates not already asked for, at their announced
-// version or a later one, less than timeout ago, and records them as asked
-// for at now. It returns the records of the pull request to send.
-func (p *pullsInFlight) claim(cands []pullCandidate, now, timeout int64) []digestEntry {
-	return p.appendClaimed(nil, cands, now, timeout)
+// claim keeps the candidates announced by neighbour from that are not
+// already asked for less than timeout ago, records them as asked of from
+// at now, and returns the records of the pull request to send. A
+// candidate later than the one asked for is remembered for later.
+func (p *pullsInFlight) claim(cands []pullCandidate, from PeerName, now, timeout int64) []digestEntry {
+	return p.appendClaimed(nil, cands, from, now, timeout)
 }
 
 // appendClaimed is claim, appending the records to out.
-func (p *pullsInFlight) appendClaimed(out []digestEntry, cands []pullCandidate, now, timeout int64) []digestEntry {
+func (p *pullsInFlight) appendClaimed(out []digestEntry, cands []pullCandidate, from PeerName, now, timeout int64) []digestEntry {
 	if p.m == nil {
 		p.m = make(map[PeerName]pullRequest)
 	}
 	for _, c := range cands {
 		a := c.announced
-		if r, ok := p.m[a.Name]; ok && now-r.at < timeout && !newerRecord(a, r.uid, r.version) {
+		if r, ok := p.m[a.Name]; ok && now-r.at < timeout {
+			if newerRecord(a, r.uid, r.version) && (r.later.UID == 0 || newerRecord(a, r.later.UID, r.later.Version)) {
+				r.later, r.laterFrom = a, from
+				p.m[a.Name] = r
+			}
 			continue
 		}
 		if len(p.m) >= maxPullsInFlight {
@@ -117,7 +168,7 @@ func (p *pullsInFlight) appendClaimed(out []digestEntry, cands []pullCandidate, 
 				clear(p.m)
 			}
 		}
-		p.m[a.Name] = pullRequest{uid: a.UID, version: a.Version, at: now}
+		p.m[a.Name] = pullRequest{uid: a.UID, version: a.Version, at: now, from: from}
 		out = append(out, c.have)
 	}
 	return out
@@ -128,25 +179,67 @@ func newerRecord(a digestEntry, uid PeerUID, version uint64) bool {
 	return a.Version > version || (a.Version == version && a.UID > uid)
 }
 
-// received forgets the request that peer's entry satisfies.
-func (p *pullsInFlight) received(peer *Peer) {
-	if r, ok := p.m[peer.Name]; ok && !newerRecord(digestEntry{UID: r.uid, Version: r.version}, peer.UID, peer.Version) {
-		delete(p.m, peer.Name)
-		if len(p.m) == 0 {
-			p.m = nil // a map keeps its size once grown
-		}
+// received forgets the request that peer's entry, just merged, satisfies.
+// If a later version was announced meanwhile and this entry is older, it
+// returns the request for it, recorded as asked at now.
+func (p *pullsInFlight) received(peer *Peer, now int64) (pullOrder, bool) {
+	r, ok := p.m[peer.Name]
+	if !ok || newerRecord(digestEntry{UID: r.uid, Version: r.version}, peer.UID, peer.Version) {
+		return pullOrder{}, false
+	}
+	if r.later.UID != 0 && newerRecord(r.later, peer.UID, peer.Version) {
+		p.m[peer.Name] = pullRequest{uid: r.later.UID, version: r.later.Version, at: now, from: r.laterFrom}
+		return pullOrder{to: r.laterFrom, have: digestEntry{Name: peer.Name, UID: peer.UID, Version: peer.Version}}, true
+	}
+	p.forget(peer.Name)
+	return pullOrder{}, false
+}
+
+// forget drops the request for name.
+func (p *pullsInFlight) forget(name PeerName) {
+	delete(p.m, name)
+	if len(p.m) == 0 {
+		p.m = nil // a map keeps its size once grown
 	}
 }
 
 // expire forgets requests made age or more before now, and returns how
-// many.
+// many. Those for which a later version was announced by another
+// neighbour are asked of that neighbour instead: orders gets the
+// requests, recorded as asked at now. have gives the record of what we
+// have of an entry.
 func (p *pullsInFlight) expire(now, age int64) int {
+	return p.release(now, func(r pullRequest) bool { return now-r.at >= age }, nil, nil)
+}
+
+// expireOrders is expire, appending the requests to send to orders.
+func (p *pullsInFlight) expireOrders(now, age int64, have func(PeerName) digestEntry, orders *[]pullOrder) int {
+	return p.release(now, func(r pullRequest) bool { return now-r.at >= age }, have, orders)
+}
+
+// neighbourGone releases the requests made of neighbour name, which will
+// not be answered, and returns how many. Those for which another
+// neighbour announced a later version are asked of it instead (appended
+// to orders).
+func (p *pullsInFlight) neighbourGone(name PeerName, now int64, have func(PeerName) digestEntry, orders *[]pullOrder) int {
+	return p.release(now, func(r pullRequest) bool { return r.from == name }, have, orders)
+}
+
+// release drops the requests done says are over; with orders, those with
+// a later version announced by another neighbour are asked of it.
+func (p *pullsInFlight) release(now int64, done func(pullRequest) bool, have func(PeerName) digestEntry, orders *[]pullOrder) int {
 	n := 0
 	for name, r := range p.m {
-		if now-r.at >= age {
-			delete(p.m, name)
-			n++
+		if !done(r) {
+			continue
 		}
+		n++
+		if orders != nil && r.later.UID != 0 && r.laterFrom != r.from {
+			p.m[name] = pullRequest{uid: r.later.UID, version: r.later.Version, at: now, from: r.laterFrom}
+			*orders = append(*orders, pullOrder{to: r.laterFrom, have: have(name)})
+			continue
+		}
+		delete(p.m, name)
 	}
 	if len(p.m) == 0 {
 		p.m = nil
@@ -179,8 +272,14 @@ func (router *Router) pullNewer(c *LocalConnection, records []digestEntry) {
 			bumped = true
 		}
 	}
+	if c.rs.cands == nil {
+		c.rs.cands = candidatesPool.get()
+	}
+	if c.rs.pull == nil {
+		c.rs.pull = recordsPool.get()
+	}
 	c.rs.cands = router.Peers.topo.appendWanted(c.rs.cands[:0], records)
-	c.rs.pull = router.pulls.appendClaimed(c.rs.pull[:0], c.rs.cands, now, int64(pullTimeout))
+	c.rs.pull = router.pulls.appendClaimed(c.rs.pull[:0], c.rs.cands, c.remoteName, now, int64(router.pullTimeout()))
 	router.Peers.mu.Unlock()
 	if len(c.rs.pull) > 0 {
 		c.q.pushPull(c.rs.pull)
@@ -201,23 +300,29 @@ type readScratch struct {
 
 // parseDigest decodes a digest message into the scratch records.
 func (s *readScratch) parseDigest(b []byte) ([]digestEntry, error) {
+	if s.records == nil {
+		s.records = recordsPool.get()
+	}
 	var err error
 	s.records, err = appendParsedDigest(s.records[:0], b)
 	return s.records, err
 }
 
-// release drops the lists once a message made them more than small: a
-// connection gets announcements of a few entries often, and whole digests
-// rarely.
+// release gives the lists back to their pools once a message made them
+// more than small: a connection gets announcements of a few entries
+// often, and whole digests rarely.
 func (s *readScratch) release() {
 	const small = 16
 	if cap(s.records) > small {
+		recordsPool.put(s.records)
 		s.records = nil
 	}
 	if cap(s.cands) > small {
+		candidatesPool.put(s.cands)
 		s.cands = nil
 	}
 	if cap(s.pull) > small {
+		recordsPool.put(s.pull)
 		s.pull = nil
 	}
 }
@@ -237,12 +342,52 @@ func (router *Router) handlePull(c *LocalConnection, payload []byte) error {
 	return nil
 }
 
+// pullTimeout is how long an entry asked of a neighbour is waited for.
+func (router *Router) pullTimeout() time.Duration {
+	return min(max(pullTimeout, time.Duration(router.Peers.count())*pullTimeoutPerPeer), maxPullTimeout)
+}
+
 // expirePulls forgets requests that were not answered in time, so that
 // the entries can be asked of another neighbour, and reports whether there
 // were any.
 func (router *Router) expirePulls() bool {
+	var orders []pullOrder
 	router.Peers.mu.Lock()
-	n := router.pulls.expire(time.Now().UnixNano(), int64(pullTimeout))
+	n := router.pulls.expireOrders(time.Now().UnixNano(), int64(router.pullTimeout()), router.Peers.topo.record, &orders)
 	router.Peers.mu.Unlock()
+	router.sendPulls(orders)
 	return n > 0
+}
+
+// neighbourGone releases the requests made of a neighbour that went away,
+// asking another neighbour that announced a later version where there is
+// one.
+func (router *Router) pullsNeighbourGone(name PeerName) {
+	var orders []pullOrder
+	router.Peers.mu.Lock()
+	router.pulls.neighbourGone(name, time.Now().UnixNano(), router.Peers.topo.record, &orders)
+	router.Peers.mu.Unlock()
+	router.sendPulls(orders)
+}
+
+// sendPulls queues each request on the connection to its neighbour. A
+// request for a neighbour gone since is dropped: the entry is asked for
+// again when next announced, or found by a digest exchange.
+func (router *Router) sendPulls(orders []pullOrder) {
+	if len(orders) == 0 {
+		return
+	}
+	slices.SortFunc(orders, func(a, b pullOrder) int { return cmp.Compare(a.to, b.to) })
+	records := make([]digestEntry, 0, len(orders))
+	for i := 0; i < len(orders); {
+		j := i
+		records = records[:0]
+		for ; j < len(orders) && orders[j].to == orders[i].to; j++ {
+			records = append(records, orders[j].have)
+		}
+		if c := router.connectionTo(orders[i].to); c != nil && c.digests {
+			c.q.pushPull(records)
+		}
+		i = j
+	}
 }

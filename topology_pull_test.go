@@ -50,23 +50,96 @@ func TestPullsClaimedOnceUntilTimeout(t *testing.T) {
 	tp := newTestTopology(0)
 	var p pullsInFlight
 	const timeout = 100
+	a, b := testPeerName(20), testPeerName(21)
 	announced := []digestEntry{rec(1, 11, 3), rec(2, 22, 1)}
-	first := p.claim(tp.wanted(announced), 0, timeout)
+	first := p.claim(tp.wanted(announced), a, 0, timeout)
 	require.Equal(t, []digestEntry{{Name: testPeerName(1)}, {Name: testPeerName(2)}}, first)
 
 	// Another neighbour announces the same versions: nothing to ask.
-	require.Empty(t, p.claim(tp.wanted(announced), 10, timeout))
-	// A later version is asked for at once.
-	require.Equal(t, []digestEntry{{Name: testPeerName(1)}}, p.claim(tp.wanted([]digestEntry{rec(1, 11, 4)}), 20, timeout))
+	require.Empty(t, p.claim(tp.wanted(announced), b, 10, timeout))
+	// Nor is a later version asked for while a request is out: it waits
+	// for the answer.
+	require.Empty(t, p.claim(tp.wanted([]digestEntry{rec(1, 11, 4)}), b, 20, timeout))
 
 	// Peer 2's entry arrives: a later announcement of it is asked for.
 	tp.apply([]peerUpdate{update(2, 22, 1)})
-	p.received(tp.get(testPeerName(2)))
-	require.Equal(t, []digestEntry{rec(2, 22, 1)}, p.claim(tp.wanted([]digestEntry{rec(2, 22, 2)}), 30, timeout))
+	_, again := p.received(tp.get(testPeerName(2)), 25)
+	require.False(t, again)
+	require.Equal(t, []digestEntry{rec(2, 22, 1)}, p.claim(tp.wanted([]digestEntry{rec(2, 22, 2)}), b, 30, timeout))
 
 	// Unanswered requests expire and may go to another neighbour.
-	require.Equal(t, 1, p.expire(125, timeout), "the request for peer 1 made at 20")
-	require.Equal(t, []digestEntry{{Name: testPeerName(1)}}, p.claim(tp.wanted([]digestEntry{rec(1, 11, 4)}), 126, timeout))
+	require.Equal(t, 1, p.expire(125, timeout), "the request for peer 1 made at 0")
+	require.Equal(t, []digestEntry{{Name: testPeerName(1)}}, p.claim(tp.wanted([]digestEntry{rec(1, 11, 4)}), b, 126, timeout))
+}
+
+func TestPullsOfLaterVersions(t *testing.T) {
+	const timeout = 100
+	a, b, c := testPeerName(20), testPeerName(21), testPeerName(22)
+	setup := func() (*topology, *pullsInFlight) {
+		tp := newTestTopology(0)
+		tp.apply([]peerUpdate{update(1, 11, 3)})
+		var p pullsInFlight
+		require.Equal(t, []digestEntry{rec(1, 11, 3)}, p.claim(tp.wanted([]digestEntry{rec(1, 11, 4)}), a, 0, timeout))
+		// b, then c announce later versions while a's answer is out.
+		require.Empty(t, p.claim(tp.wanted([]digestEntry{rec(1, 11, 6)}), b, 10, timeout))
+		require.Empty(t, p.claim(tp.wanted([]digestEntry{rec(1, 11, 5)}), c, 20, timeout), "older than b's")
+		return tp, &p
+	}
+
+	t.Run("answer older than the latest announced", func(t *testing.T) {
+		tp, p := setup()
+		tp.apply([]peerUpdate{update(1, 11, 4)})
+		o, ok := p.received(tp.get(testPeerName(1)), 30)
+		require.True(t, ok)
+		require.Equal(t, pullOrder{to: b, have: rec(1, 11, 4)}, o)
+		// That request is out now: no other.
+		require.Empty(t, p.claim(tp.wanted([]digestEntry{rec(1, 11, 6)}), c, 40, timeout))
+		tp.apply([]peerUpdate{update(1, 11, 6)})
+		_, ok = p.received(tp.get(testPeerName(1)), 50)
+		require.False(t, ok)
+		require.Nil(t, p.m)
+	})
+	t.Run("answer as new as the latest announced", func(t *testing.T) {
+		tp, p := setup()
+		tp.apply([]peerUpdate{update(1, 11, 6)}) // a's answer is its entry when it answers
+		_, ok := p.received(tp.get(testPeerName(1)), 30)
+		require.False(t, ok)
+		require.Nil(t, p.m)
+	})
+	t.Run("an entry older than asked keeps the request", func(t *testing.T) {
+		_, p := setup()
+		_, ok := p.received(&Peer{Name: testPeerName(1), UID: 11, Version: 3}, 30)
+		require.False(t, ok)
+		require.Len(t, p.m, 1)
+	})
+	t.Run("expired: asked of the later announcer", func(t *testing.T) {
+		tp, p := setup()
+		var orders []pullOrder
+		require.Equal(t, 1, p.expireOrders(150, timeout, tp.record, &orders))
+		require.Equal(t, []pullOrder{{to: b, have: rec(1, 11, 3)}}, orders)
+		require.Equal(t, b, p.m[testPeerName(1)].from)
+		require.Equal(t, 0, p.expireOrders(200, timeout, tp.record, &orders), "asked again at 150")
+	})
+	t.Run("neighbour gone: asked of the later announcer", func(t *testing.T) {
+		tp, p := setup()
+		var orders []pullOrder
+		require.Equal(t, 0, p.neighbourGone(c, 30, tp.record, &orders), "nothing was asked of c")
+		require.Equal(t, 1, p.neighbourGone(a, 30, tp.record, &orders))
+		require.Equal(t, []pullOrder{{to: b, have: rec(1, 11, 3)}}, orders)
+		// b goes too, with no later version known: the request is dropped,
+		// and the next announcement is asked for at once.
+		orders = nil
+		require.Equal(t, 1, p.neighbourGone(b, 40, tp.record, &orders))
+		require.Empty(t, orders)
+		require.Nil(t, p.m)
+		require.Equal(t, []digestEntry{rec(1, 11, 3)}, p.claim(tp.wanted([]digestEntry{rec(1, 11, 6)}), c, 50, timeout))
+	})
+	t.Run("the record of an unknown or placeholder entry", func(t *testing.T) {
+		tp, _ := setup()
+		require.Equal(t, digestEntry{Name: testPeerName(9)}, tp.record(testPeerName(9)))
+		tp.apply([]peerUpdate{update(1, 11, 7, conn(8, true))})
+		require.Equal(t, digestEntry{Name: testPeerName(8)}, tp.record(testPeerName(8)))
+	})
 }
 
 func TestPullsBounded(t *testing.T) {
@@ -75,7 +148,7 @@ func TestPullsBounded(t *testing.T) {
 	for i := range cands {
 		cands[i] = pullCandidate{announced: rec(i+1, 1, 1), have: digestEntry{Name: testPeerName(i + 1)}}
 	}
-	require.Len(t, p.claim(cands, 0, 100), len(cands))
+	require.Len(t, p.claim(cands, testPeerName(20), 0, 100), len(cands))
 	require.LessOrEqual(t, len(p.m), maxPullsInFlight)
 }
 

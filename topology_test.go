@@ -71,6 +71,17 @@ func TestTopologyMergeRules(t *testing.T) {
 	})
 }
 
+func TestTopologyMergeTellsRenewals(t *testing.T) {
+	tp := newTestTopology(0)
+	res := tp.apply([]peerUpdate{update(1, 11, 3, conn(2, true))})
+	require.Equal(t, []bool{false}, res.renewed, "a peer new to us")
+	res = tp.apply([]peerUpdate{update(2, 22, 1), update(1, 11, 4), update(3, 33, 1)})
+	require.Equal(t, []PeerName{testPeerName(2), testPeerName(1), testPeerName(3)}, res.changed)
+	require.Equal(t, []bool{false, true, false}, res.renewed, "a placeholder replaced, a newer version, an unknown peer")
+	res = tp.apply([]peerUpdate{update(1, 12, 4)})
+	require.Equal(t, []bool{false}, res.renewed, "a new incarnation")
+}
+
 func TestTopologyOldIncarnationOfOurselves(t *testing.T) {
 	tp := newTestTopology(0)
 	before := tp.ourself().Version

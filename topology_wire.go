@@ -94,6 +94,26 @@ func appendTopology(dst []byte, peers []peerUpdate) []byte {
 	return dst
 }
 
+// topologySizeBound returns at least the size of the messages of at most
+// maxPeersPerTopologyMessage entries appendTopology makes of peers, so
+// that an encoder can size its buffer once.
+func topologySizeBound(peers []peerUpdate) int {
+	const (
+		peerBound = 64 // a peerSummary but its nickname, and a connection list's header
+		connBound = 24 // a connectionSummary but its address
+	)
+	messages := (len(peers) + maxPeersPerTopologyMessage - 1) / maxPeersPerTopologyMessage
+	n := messages * (len(topoPeerSummaryDef) + len(topoConnSliceDef) + len(topoConnSummaryDef))
+	for i := range peers {
+		p := &peers[i]
+		n += peerBound + len(p.NickName) + connBound*len(p.Connections)
+		for j := range p.Connections {
+			n += len(p.Connections[j].RemoteTCPAddr)
+		}
+	}
+	return n
+}
+
 // appendPeerSummary appends a peerSummary value message. Zero fields are
 // omitted, as gob does; NameByte is always NameSize bytes and so always
 // sent.

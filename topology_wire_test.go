@@ -94,6 +94,7 @@ func TestTopologyVectors(t *testing.T) {
 			}
 			// Re-encoding reproduces the sender's bytes exactly.
 			require.Equal(t, w.payload, appendTopology(nil, peers))
+			require.GreaterOrEqual(t, topologySizeBound(peers), len(w.payload))
 			// Strings do not alias the input.
 			clone := bytes.Clone(w.payload)
 			peers2, err := decodeTopology(clone, testLimits)
@@ -103,6 +104,34 @@ func TestTopologyVectors(t *testing.T) {
 		})
 	}
 	require.Greater(t, described, 20)
+}
+
+func TestTopologySizeBound(t *testing.T) {
+	rnd := rand.New(rand.NewPCG(7, 8))
+	for range 200 {
+		peers := make([]peerUpdate, 1+rnd.IntN(2*maxPeersPerTopologyMessage))
+		for i := range peers {
+			p := &peers[i]
+			p.Name = PeerName(rnd.Uint64() & (1<<48 - 1))
+			p.NickName = strings.Repeat("n", rnd.IntN(300))
+			p.UID, p.Version = PeerUID(rnd.Uint64()), rnd.Uint64()
+			p.ShortID, p.HasShortID = PeerShortID(rnd.Uint64()), rnd.IntN(2) == 0
+			for range rnd.IntN(20) {
+				p.Connections = append(p.Connections, connectionSummary{
+					Name:          PeerName(rnd.Uint64() & (1<<48 - 1)),
+					RemoteTCPAddr: strings.Repeat("a", rnd.IntN(300)),
+					Outbound:      rnd.IntN(2) == 0, Established: rnd.IntN(2) == 0,
+				})
+			}
+		}
+		size := 0
+		for u := peers; len(u) > 0; {
+			n := min(len(u), maxPeersPerTopologyMessage)
+			size += len(appendTopology(nil, u[:n]))
+			u = u[n:]
+		}
+		require.GreaterOrEqual(t, topologySizeBound(peers), size)
+	}
 }
 
 func TestAppendTopologyProbe(t *testing.T) {

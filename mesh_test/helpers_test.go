@@ -124,6 +124,25 @@ func knowsAll(nodes []*node) (bool, string) {
 	return true, ""
 }
 
+// versionsAgree reports whether every running node has every other one's
+// current entry: the version that peer has of its own.
+func versionsAgree(nodes []*node) (bool, string) {
+	for _, n := range nodes {
+		for _, o := range nodes {
+			want := o.router.Ourself.Peer()
+			got := n.router.Peers.Fetch(want.Name)
+			if got == nil || got.UID != want.UID || got.Version != want.Version {
+				v := "nothing"
+				if got != nil {
+					v = fmt.Sprintf("version %d", got.Version)
+				}
+				return false, fmt.Sprintf("peer %d has %s of peer %d's entry, want version %d", n.index, v, o.index, want.Version)
+			}
+		}
+	}
+	return true, ""
+}
+
 func waitFullKnowledge(t testing.TB, nodes []*node) time.Duration {
 	t.Helper()
 	return eventually(t, "every peer knows every peer", func() (bool, string) { return knowsAll(nodes) })

@@ -42,10 +42,8 @@ func TestUpdateSizeIndependentOfMeshSize(t *testing.T) {
 		waitFullKnowledge(t, all)
 		eventually(t, "the topology settles", func() (bool, string) {
 			before, _ := topologyBytes(t2.router)
-			for range 20 {
-				if ok, msg := knowsAll(all); !ok {
-					return false, msg
-				}
+			if ok, msg := versionsAgree(all); !ok {
+				return false, msg
 			}
 			after, _ := topologyBytes(t2.router)
 			return after == before, "still receiving topology"
