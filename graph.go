@@ -160,49 +160,78 @@ func (g *peerGraph) find(u, v int32) (int, bool) {
 }
 
 // setRow replaces the connections of the peer in slot u; conns are sorted
-// by name without duplicates.
+// by name without duplicates. A new version of an entry usually differs
+// from the one before by a connection or two: the old row and the new
+// connections are walked together in name order, and only the edges that
+// appear, go, or change their established flag touch the rows at their
+// other ends; an edge that stays keeps its slot, its reference and its
+// mutual flag.
 func (g *peerGraph) setRow(u int32, conns []connectionSummary) {
 	old := g.rows[u]
 	var row []edge
 	if len(conns) > 0 {
 		row = make([]edge, len(conns))
 	}
-	for i, c := range conns {
-		v := g.slotOf(c.Name)
-		g.refs[v]++
-		row[i] = edge(v)
-		if c.Established {
-			row[i] |= edgeEstablished
+	i := 0
+	for j := range conns {
+		c := &conns[j]
+		for i < len(old) && g.names[old[i].slot()] < c.Name {
+			g.dropEdge(u, old[i])
+			i++
 		}
-	}
-	// The connections back to u lose their mutual flag; the new row sets
-	// it again where it holds.
-	for _, e := range old {
-		if e&edgeMutual == 0 {
+		var v int32
+		if i < len(old) && g.names[old[i].slot()] == c.Name {
+			e := old[i]
+			i++
+			if (e&edgeEstablished != 0) == c.Established {
+				row[j] = e
+				continue
+			}
+			// The reference carries over; the mutual flag goes, and comes
+			// back below if the connection is established at both ends.
+			v = e.slot()
+			g.clearMutual(u, e)
+		} else {
+			v = g.slotOf(c.Name)
+			g.refs[v]++
+		}
+		row[j] = edge(v)
+		if !c.Established {
 			continue
 		}
-		v := e.slot()
-		if k, ok := g.find(v, u); ok && v != u {
-			g.rows[v][k] &^= edgeMutual
-		}
-	}
-	g.rows[u] = row
-	g.edges += len(row) - len(old)
-	for i, e := range row {
-		if e&edgeEstablished == 0 {
-			continue
-		}
-		v := e.slot()
+		row[j] |= edgeEstablished
 		if v == u {
 			continue
 		}
 		if k, ok := g.find(v, u); ok && g.rows[v][k]&edgeEstablished != 0 {
 			g.rows[v][k] |= edgeMutual
-			row[i] |= edgeMutual
+			row[j] |= edgeMutual
 		}
 	}
-	for _, e := range old {
-		g.release(e.slot())
+	for ; i < len(old); i++ {
+		g.dropEdge(u, old[i])
+	}
+	g.rows[u] = row
+	g.edges += len(row) - len(old)
+}
+
+// dropEdge removes edge e of row u: the connection back loses its mutual
+// flag, and e's slot a reference.
+func (g *peerGraph) dropEdge(u int32, e edge) {
+	g.clearMutual(u, e)
+	g.release(e.slot())
+}
+
+// clearMutual clears the mutual flag of the connection back to u from the
+// other end of e, if e has it.
+func (g *peerGraph) clearMutual(u int32, e edge) {
+	if e&edgeMutual == 0 {
+		return
+	}
+	if v := e.slot(); v != u {
+		if k, ok := g.find(v, u); ok {
+			g.rows[v][k] &^= edgeMutual
+		}
 	}
 }
 

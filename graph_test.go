@@ -140,7 +140,27 @@ func TestPeerGraphFollowsTopology(t *testing.T) {
 				return out
 			}
 			for step := 0; step < 300; step++ {
-				switch op := rnd.IntN(10); {
+				switch op := rnd.IntN(12); {
+				case op >= 10:
+					// A small change of an entry: one connection added,
+					// dropped, or its established flag flipped.
+					i := 1 + rnd.IntN(n-1)
+					p := tp.get(testPeerName(i))
+					if p == nil || p.isPlaceholder() {
+						continue
+					}
+					conns := slices.Clone(p.conns)
+					switch k := rnd.IntN(3); {
+					case k == 0 || len(conns) == 0:
+						conns = append(conns, conn(rnd.IntN(n+3), rnd.IntN(2) == 0))
+					case k == 1:
+						k := rnd.IntN(len(conns))
+						conns = slices.Delete(conns, k, k+1)
+					default:
+						c := &conns[rnd.IntN(len(conns))]
+						c.Established = !c.Established
+					}
+					tp.apply([]peerUpdate{update(i, p.UID, p.Version+1, conns...)})
 				case op < 6:
 					i := 1 + rnd.IntN(n-1)
 					versions[i]++
