@@ -105,10 +105,12 @@ func (t *topology) record(name PeerName) digestEntry {
 
 // pullsInFlight remembers which entries we asked a neighbour for, from
 // whom and when, so that an entry announced by several neighbours is
-// fetched once. At most one request per entry is out at a time: a later
-// version announced while one is out is remembered, and asked for once
-// the answer arrives if the answer is older, or at once if the request
-// expires or its neighbour goes away. A peer whose entry changes faster
+// fetched once. At most one request per entry we have is out at a time:
+// a later version announced while one is out is remembered, and asked for
+// once the answer arrives if the answer is older, or at once if the
+// request expires or its neighbour goes away. (A later version of an
+// entry we do not have at all is asked for at once: that entry is what
+// makes its peer known, and it is asked for once per peer.) A peer whose entry changes faster
 // than its versions spread is thus fetched about once per round trip, not
 // once per version; and a busy neighbour that answers late does not make
 // us fetch the same entry again elsewhere. It reads no clock: times are
@@ -143,7 +145,8 @@ const maxPullsInFlight = 1 << 16
 // claim keeps the candidates announced by neighbour from that are not
 // already asked for less than timeout ago, records them as asked of from
 // at now, and returns the records of the pull request to send. A
-// candidate later than the one asked for is remembered for later.
+// candidate later than the one asked for is remembered for later, but for
+// an entry we do not have at all, which is asked for now.
 func (p *pullsInFlight) claim(cands []pullCandidate, from PeerName, now, timeout int64) []digestEntry {
 	return p.appendClaimed(nil, cands, from, now, timeout)
 }
@@ -156,11 +159,21 @@ func (p *pullsInFlight) appendClaimed(out []digestEntry, cands []pullCandidate, 
 	for _, c := range cands {
 		a := c.announced
 		if r, ok := p.m[a.Name]; ok && now-r.at < timeout {
-			if newerRecord(a, r.uid, r.version) && (r.later.UID == 0 || newerRecord(a, r.later.UID, r.later.Version)) {
-				r.later, r.laterFrom = a, from
-				p.m[a.Name] = r
+			if !newerRecord(a, r.uid, r.version) {
+				continue
 			}
-			continue
+			if c.have.UID != 0 {
+				// A newer version of an entry we have: asked for once
+				// the answer is in.
+				if r.later.UID == 0 || newerRecord(a, r.later.UID, r.later.Version) {
+					r.later, r.laterFrom = a, from
+					p.m[a.Name] = r
+				}
+				continue
+			}
+			// An entry we do not have at all is what makes its peer
+			// known: a later version of it is asked of this neighbour
+			// too, whichever answers first.
 		}
 		if len(p.m) >= maxPullsInFlight {
 			p.expire(now, timeout)

@@ -57,9 +57,9 @@ func TestPullsClaimedOnceUntilTimeout(t *testing.T) {
 
 	// Another neighbour announces the same versions: nothing to ask.
 	require.Empty(t, p.claim(tp.wanted(announced), b, 10, timeout))
-	// Nor is a later version asked for while a request is out: it waits
-	// for the answer.
-	require.Empty(t, p.claim(tp.wanted([]digestEntry{rec(1, 11, 4)}), b, 20, timeout))
+	// A later version of an entry we do not have at all is asked of its
+	// announcer too: whichever answers first makes the peer known.
+	require.Equal(t, []digestEntry{{Name: testPeerName(1)}}, p.claim(tp.wanted([]digestEntry{rec(1, 11, 4)}), b, 20, timeout))
 
 	// Peer 2's entry arrives: a later announcement of it is asked for.
 	tp.apply([]peerUpdate{update(2, 22, 1)})
@@ -68,7 +68,7 @@ func TestPullsClaimedOnceUntilTimeout(t *testing.T) {
 	require.Equal(t, []digestEntry{rec(2, 22, 1)}, p.claim(tp.wanted([]digestEntry{rec(2, 22, 2)}), b, 30, timeout))
 
 	// Unanswered requests expire and may go to another neighbour.
-	require.Equal(t, 1, p.expire(125, timeout), "the request for peer 1 made at 0")
+	require.Equal(t, 1, p.expire(125, timeout), "the request for peer 1 made at 20")
 	require.Equal(t, []digestEntry{{Name: testPeerName(1)}}, p.claim(tp.wanted([]digestEntry{rec(1, 11, 4)}), b, 126, timeout))
 }
 
