@@ -462,8 +462,9 @@ func (c *LocalConnection) startWriter() {
 
 // writeLoop sends what is queued, until nothing has been queued for
 // writerLinger or the connection ends. Topology is sent at most once per
-// topology interval, so bursts of changes are merged into one message per
-// neighbour.
+// topology interval, and announcements of newer versions of entries at
+// most once per announce delay, so bursts of changes are merged into one
+// message per neighbour.
 func (c *LocalConnection) writeLoop() {
 	topoTimer := time.NewTimer(time.Hour)
 	topoTimer.Stop()

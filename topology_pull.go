@@ -217,15 +217,15 @@ func (p *pullsInFlight) forget(name PeerName) {
 }
 
 // expire forgets requests made age or more before now, and returns how
-// many. Those for which a later version was announced by another
-// neighbour are asked of that neighbour instead: orders gets the
-// requests, recorded as asked at now. have gives the record of what we
-// have of an entry.
+// many.
 func (p *pullsInFlight) expire(now, age int64) int {
 	return p.release(now, func(r pullRequest) bool { return now-r.at >= age }, nil, nil)
 }
 
-// expireOrders is expire, appending the requests to send to orders.
+// expireOrders is expire, but a request for which another neighbour
+// announced a later version is asked of that neighbour instead: orders
+// gets the request, recorded as asked at now, with the record have gives
+// of what we have of the entry.
 func (p *pullsInFlight) expireOrders(now, age int64, have func(PeerName) digestEntry, orders *[]pullOrder) int {
 	return p.release(now, func(r pullRequest) bool { return now-r.at >= age }, have, orders)
 }
