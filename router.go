@@ -1018,11 +1018,12 @@ func clone(b []byte) []byte { return append([]byte(nil), b...) }
 // handleTopology merges a topology update received on c and passes on to
 // the other neighbours what was new.
 func (router *Router) handleTopology(c *LocalConnection, payload []byte) error {
-	updates, err := decodeTopology(payload, router.limits)
+	updates, err := appendDecodedTopology(updatesPool.get(), payload, router.limits)
 	if err != nil {
 		return err
 	}
 	router.mergeUpdates(c, updates)
+	updatesPool.put(updates)
 	return nil
 }
 
@@ -1034,10 +1035,10 @@ func (router *Router) mergeUpdates(c *LocalConnection, updates []peerUpdate) {
 	for i, o := range conns {
 		neighbours[i] = o.remoteName
 	}
-	// relay gets the names to announce at once, later those of newer
-	// versions of entries the neighbour most likely has.
-	relay := make(map[PeerName][]PeerName)
-	later := make(map[PeerName][]PeerName)
+	// relay gets, per neighbour (by position in conns), the names to
+	// announce at once, later those of newer versions of entries the
+	// neighbour most likely has.
+	relay := make([][]PeerName, 2*len(conns))
 	var orders []pullOrder
 	router.Peers.mu.Lock()
 	res := router.Peers.topo.apply(updates)
@@ -1045,25 +1046,30 @@ func (router *Router) mergeUpdates(c *LocalConnection, updates []peerUpdate) {
 	if len(res.changed) > 0 {
 		now := time.Now().UnixNano()
 		rc := router.Peers.topo.newRelayContext(c.remoteName, neighbours)
+		var targets []int
 		for i, x := range res.changed {
 			if p := router.Peers.topo.get(x); p != nil {
 				if o, ok := router.pulls.received(p, now); ok {
 					orders = append(orders, o)
 				}
 			}
-			to := relay
+			off := 0
 			if res.renewed[i] {
-				to = later
+				off = len(conns)
 			}
-			for _, n := range rc.targets(x) {
-				to[n] = append(to[n], x)
+			targets = rc.appendTargets(targets[:0], x)
+			for _, n := range targets {
+				if relay[off+n] == nil {
+					relay[off+n] = make([]PeerName, 0, len(res.changed)-i)
+				}
+				relay[off+n] = append(relay[off+n], x)
 			}
 		}
 	}
 	router.Peers.mu.Unlock()
 	router.sendPulls(orders)
-	for _, o := range conns {
-		names, newer := relay[o.remoteName], later[o.remoteName]
+	for i, o := range conns {
+		names, newer := relay[i], relay[len(conns)+i]
 		switch {
 		case o.digests:
 			if len(names) > 0 {

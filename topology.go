@@ -346,15 +346,24 @@ func (t *topology) newRelayContext(from PeerName, neighbours []PeerName) *relayC
 
 // targets returns the neighbours an entry of x is passed on to.
 func (rc *relayContext) targets(x PeerName) []PeerName {
-	xp := rc.t.get(x)
 	var out []PeerName
+	for _, i := range rc.appendTargets(nil, x) {
+		out = append(out, rc.names[i])
+	}
+	return out
+}
+
+// appendTargets appends to dst the positions in the neighbour list of
+// those an entry of x is passed on to.
+func (rc *relayContext) appendTargets(dst []int, x PeerName) []int {
+	xp := rc.t.get(x)
 	for i, n := range rc.names {
 		if rc.skip[i] || n == x || adjacentPeers(rc.neighbours[i], xp) {
 			continue
 		}
-		out = append(out, n)
+		dst = append(dst, i)
 	}
-	return out
+	return dst
 }
 
 // adjacentPeers reports whether a and b both report a connection to each

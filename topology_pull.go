@@ -117,7 +117,15 @@ func (t *topology) record(name PeerName) digestEntry {
 // passed in.
 type pullsInFlight struct {
 	m map[PeerName]pullRequest
+	// peak is the most requests m has held since it was made: a map
+	// keeps its size once grown, so an empty one is dropped if it grew
+	// past keepPulls, and kept otherwise rather than grown again.
+	peak int
 }
+
+// keepPulls is the largest number of requests whose map is kept when it
+// empties.
+const keepPulls = 256
 
 type pullRequest struct {
 	uid     PeerUID
@@ -182,6 +190,7 @@ func (p *pullsInFlight) appendClaimed(out []digestEntry, cands []pullCandidate, 
 			}
 		}
 		p.m[a.Name] = pullRequest{uid: a.UID, version: a.Version, at: now, from: from}
+		p.peak = max(p.peak, len(p.m))
 		out = append(out, c.have)
 	}
 	return out
@@ -211,8 +220,13 @@ func (p *pullsInFlight) received(peer *Peer, now int64) (pullOrder, bool) {
 // forget drops the request for name.
 func (p *pullsInFlight) forget(name PeerName) {
 	delete(p.m, name)
-	if len(p.m) == 0 {
-		p.m = nil // a map keeps its size once grown
+	p.dropIfEmpty()
+}
+
+// dropIfEmpty drops the map once empty, if it grew large.
+func (p *pullsInFlight) dropIfEmpty() {
+	if len(p.m) == 0 && p.peak > keepPulls {
+		p.m, p.peak = nil, 0
 	}
 }
 
@@ -254,9 +268,7 @@ func (p *pullsInFlight) release(now int64, done func(pullRequest) bool, have fun
 		}
 		delete(p.m, name)
 	}
-	if len(p.m) == 0 {
-		p.m = nil
-	}
+	p.dropIfEmpty()
 	return n
 }
 

@@ -97,14 +97,14 @@ func TestPullsOfLaterVersions(t *testing.T) {
 		tp.apply([]peerUpdate{update(1, 11, 6)})
 		_, ok = p.received(tp.get(testPeerName(1)), 50)
 		require.False(t, ok)
-		require.Nil(t, p.m)
+		require.Empty(t, p.m)
 	})
 	t.Run("answer as new as the latest announced", func(t *testing.T) {
 		tp, p := setup()
 		tp.apply([]peerUpdate{update(1, 11, 6)}) // a's answer is its entry when it answers
 		_, ok := p.received(tp.get(testPeerName(1)), 30)
 		require.False(t, ok)
-		require.Nil(t, p.m)
+		require.Empty(t, p.m)
 	})
 	t.Run("an entry older than asked keeps the request", func(t *testing.T) {
 		_, p := setup()
@@ -131,7 +131,7 @@ func TestPullsOfLaterVersions(t *testing.T) {
 		orders = nil
 		require.Equal(t, 1, p.neighbourGone(b, 40, tp.record, &orders))
 		require.Empty(t, orders)
-		require.Nil(t, p.m)
+		require.Empty(t, p.m)
 		require.Equal(t, []digestEntry{rec(1, 11, 3)}, p.claim(tp.wanted([]digestEntry{rec(1, 11, 6)}), c, 50, timeout))
 	})
 	t.Run("the record of an unknown or placeholder entry", func(t *testing.T) {
@@ -244,4 +244,21 @@ func TestRevivedPlaceholder(t *testing.T) {
 	require.Equal(t, 2, res.placeholders)
 	// Its entry, unchanged since we removed it, is then taken.
 	require.Len(t, tp.wanted([]digestEntry{rec(5, 55, 7)}), 1)
+}
+
+func TestPullsMapKeptSmall(t *testing.T) {
+	claim := func(p *pullsInFlight, n int) {
+		cands := make([]pullCandidate, n)
+		for i := range cands {
+			cands[i] = pullCandidate{announced: rec(i+1, 1, 1), have: digestEntry{Name: testPeerName(i + 1)}}
+		}
+		require.Len(t, p.claim(cands, testPeerName(0), 0, 100), n)
+	}
+	var p pullsInFlight
+	claim(&p, keepPulls)
+	require.Equal(t, keepPulls, p.expire(100, 100))
+	require.NotNil(t, p.m, "a small map is kept for the next requests")
+	claim(&p, keepPulls+1)
+	require.Equal(t, keepPulls+1, p.expire(100, 100))
+	require.Nil(t, p.m, "a large one is dropped once empty")
 }

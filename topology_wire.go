@@ -3,6 +3,7 @@ package mesh
 import (
 	"fmt"
 	"strings"
+	"sync"
 
 	"github.com/gossip-mesh/mesh/internal/gobint"
 )
@@ -570,17 +571,30 @@ func (td *topoDecoder) setStrings(p *peerUpdate, nick []byte) {
 // skipped when they have a basic type. The strings in the result do not
 // alias b.
 func decodeTopology(b []byte, lim topologyLimits) ([]peerUpdate, error) {
-	var (
-		td       topoDecoder
-		typeBuf  [4]topoType
-		fieldBuf [16]topoFieldDef
-		rawBuf   [16]gobFieldDef
-		addrBuf  [16][]byte
-	)
-	td.types, td.fields, td.raw, td.addrs = typeBuf[:0], fieldBuf[:0], rawBuf[:0], addrBuf[:0]
+	return appendDecodedTopology(nil, b, lim)
+}
+
+// topoDecoders recycles decoders with their scratch lists: a busy router
+// decodes topology messages all the time.
+var topoDecoders = sync.Pool{New: func() any { return new(topoDecoder) }}
+
+// appendDecodedTopology is decodeTopology, appending the entries to peers.
+func appendDecodedTopology(peers []peerUpdate, b []byte, lim topologyLimits) ([]peerUpdate, error) {
+	td := topoDecoders.Get().(*topoDecoder)
+	defer func() {
+		if cap(td.types) <= maxTopologyTypes && cap(td.fields) <= 64 && cap(td.raw) <= 64 && cap(td.addrs) <= 1024 {
+			// Nothing kept may point into a message.
+			clear(td.types[:cap(td.types)])
+			clear(td.fields[:cap(td.fields)])
+			clear(td.raw[:cap(td.raw)])
+			clear(td.addrs[:cap(td.addrs)])
+			td.types, td.fields, td.raw, td.addrs = td.types[:0], td.fields[:0], td.raw[:0], td.addrs[:0]
+			topoDecoders.Put(td)
+		}
+	}()
+	td.types, td.fields, td.raw, td.addrs = td.types[:0], td.fields[:0], td.raw[:0], td.addrs[:0]
 
 	var (
-		peers    []peerUpdate
 		cur      peerUpdate
 		nick     []byte
 		havePeer bool
