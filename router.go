@@ -1038,7 +1038,7 @@ func (router *Router) mergeUpdates(c *LocalConnection, updates []peerUpdate) {
 	// relay gets, per neighbour (by position in conns), the names to
 	// announce at once, later those of newer versions of entries the
 	// neighbour most likely has.
-	relay := make([][]PeerName, 2*len(conns))
+	relay, later := make([][]PeerName, len(conns)), make([][]PeerName, len(conns))
 	var orders []pullOrder
 	router.Peers.mu.Lock()
 	res := router.Peers.topo.apply(updates)
@@ -1053,23 +1053,23 @@ func (router *Router) mergeUpdates(c *LocalConnection, updates []peerUpdate) {
 					orders = append(orders, o)
 				}
 			}
-			off := 0
+			to := relay
 			if res.renewed[i] {
-				off = len(conns)
+				to = later
 			}
 			targets = rc.appendTargets(targets[:0], x)
 			for _, n := range targets {
-				if relay[off+n] == nil {
-					relay[off+n] = make([]PeerName, 0, len(res.changed)-i)
+				if to[n] == nil {
+					to[n] = make([]PeerName, 0, len(res.changed)-i)
 				}
-				relay[off+n] = append(relay[off+n], x)
+				to[n] = append(to[n], x)
 			}
 		}
 	}
 	router.Peers.mu.Unlock()
 	router.sendPulls(orders)
 	for i, o := range conns {
-		names, newer := relay[i], relay[len(conns)+i]
+		names, newer := relay[i], later[i]
 		switch {
 		case o.digests:
 			if len(names) > 0 {

@@ -229,26 +229,20 @@ func (q *sendQueue) pushTopology(names []PeerName, full bool) {
 func (q *sendQueue) pushOwnChange() { q.setFlag(&q.ownChanged) }
 
 // pushAnnounce asks for the current versions of names to be announced.
-func (q *sendQueue) pushAnnounce(names []PeerName) {
-	q.mu.Lock()
-	if q.closed {
-		q.mu.Unlock()
-		return
-	}
-	q.announce.add(names)
-	q.mu.Unlock()
-	q.signal()
-}
+func (q *sendQueue) pushAnnounce(names []PeerName) { q.pushNames(&q.announce, names) }
 
 // pushAnnounceLater asks for the current versions of names to be
 // announced with the next announcements of newer versions.
-func (q *sendQueue) pushAnnounceLater(names []PeerName) {
+func (q *sendQueue) pushAnnounceLater(names []PeerName) { q.pushNames(&q.announceLater, names) }
+
+// pushNames adds names to the set to.
+func (q *sendQueue) pushNames(to *nameSet, names []PeerName) {
 	q.mu.Lock()
 	if q.closed {
 		q.mu.Unlock()
 		return
 	}
-	q.announceLater.add(names)
+	to.add(names)
 	q.mu.Unlock()
 	q.signal()
 }

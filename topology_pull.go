@@ -210,7 +210,7 @@ func (p *pullsInFlight) received(peer *Peer, now int64) (pullOrder, bool) {
 		return pullOrder{}, false
 	}
 	if r.later.UID != 0 && newerRecord(r.later, peer.UID, peer.Version) {
-		p.m[peer.Name] = pullRequest{uid: r.later.UID, version: r.later.Version, at: now, from: r.laterFrom}
+		p.m[peer.Name] = r.laterRequest(now)
 		return pullOrder{to: r.laterFrom, have: digestEntry{Name: peer.Name, UID: peer.UID, Version: peer.Version}}, true
 	}
 	p.forget(peer.Name)
@@ -233,7 +233,7 @@ func (p *pullsInFlight) dropIfEmpty() {
 // expire forgets requests made age or more before now, and returns how
 // many.
 func (p *pullsInFlight) expire(now, age int64) int {
-	return p.release(now, func(r pullRequest) bool { return now-r.at >= age }, nil, nil)
+	return p.expireOrders(now, age, nil, nil)
 }
 
 // expireOrders is expire, but a request for which another neighbour
@@ -252,6 +252,11 @@ func (p *pullsInFlight) neighbourGone(name PeerName, now int64, have func(PeerNa
 	return p.release(now, func(r pullRequest) bool { return r.from == name }, have, orders)
 }
 
+// laterRequest is the request for r's later version, asked at now.
+func (r pullRequest) laterRequest(now int64) pullRequest {
+	return pullRequest{uid: r.later.UID, version: r.later.Version, at: now, from: r.laterFrom}
+}
+
 // release drops the requests done says are over; with orders, those with
 // a later version announced by another neighbour are asked of it.
 func (p *pullsInFlight) release(now int64, done func(pullRequest) bool, have func(PeerName) digestEntry, orders *[]pullOrder) int {
@@ -262,7 +267,7 @@ func (p *pullsInFlight) release(now int64, done func(pullRequest) bool, have fun
 		}
 		n++
 		if orders != nil && r.later.UID != 0 && r.laterFrom != r.from {
-			p.m[name] = pullRequest{uid: r.later.UID, version: r.later.Version, at: now, from: r.laterFrom}
+			p.m[name] = r.laterRequest(now)
 			*orders = append(*orders, pullOrder{to: r.laterFrom, have: have(name)})
 			continue
 		}
@@ -384,8 +389,8 @@ func (router *Router) expirePulls() bool {
 	return n > 0
 }
 
-// neighbourGone releases the requests made of a neighbour that went away,
-// asking another neighbour that announced a later version where there is
+// pullsNeighbourGone releases the requests made of a neighbour that went
+// away, asking another neighbour that announced a later version where there is
 // one.
 func (router *Router) pullsNeighbourGone(name PeerName) {
 	var orders []pullOrder
