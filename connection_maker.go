@@ -100,6 +100,20 @@ type ConnectionMaker struct {
 	// router, so that discovery does not dial them again. Bounded.
 	selfAddrs map[string]struct{}
 	rnd       *rand.Rand
+
+	// Scratch of topologyChanged, which only the router's topology loop
+	// calls: kept between calls so that a pass allocates nothing.
+	connectedNow map[PeerName]bool
+	cands        []discoveryCandidate
+}
+
+// discoveryCandidate is a peer topologyChanged may dial: those that report
+// fewer connections than the discovery degree (not full) first, then by
+// rank.
+type discoveryCandidate struct {
+	full bool
+	rank uint64
+	peer *Peer
 }
 
 // maxSelfAddrs bounds ConnectionMaker.selfAddrs.
@@ -495,8 +509,12 @@ func (cm *ConnectionMaker) topologyChanged() {
 	if !r.PeerDiscovery {
 		return
 	}
+	if cm.connectedNow == nil {
+		cm.connectedNow = make(map[PeerName]bool)
+	}
+	connected := cm.connectedNow
+	clear(connected)
 	r.mu.RLock()
-	connected := make(map[PeerName]bool, len(r.conns))
 	for name := range r.conns {
 		connected[name] = true
 	}
@@ -517,20 +535,19 @@ func (cm *ConnectionMaker) topologyChanged() {
 	// first: a peer that has enough would end up with more than it needs,
 	// and every connection costs both ends memory and the whole mesh
 	// topology traffic.
-	type candidate struct {
-		full bool
-		rank uint64
-		peer *Peer
-	}
 	limit := cm.discoveryLimit()
-	var cands []candidate
+	cands := cm.cands[:0]
 	view.peers.Ascend(func(p *Peer) bool {
 		if p.Name != r.Ourself.Name && !p.isPlaceholder() && !connected[p.Name] {
-			cands = append(cands, candidate{len(p.conns) >= limit, cm.rank(p.Name), p})
+			cands = append(cands, discoveryCandidate{len(p.conns) >= limit, cm.rank(p.Name), p})
 		}
 		return true
 	})
-	slices.SortFunc(cands, func(a, b candidate) int {
+	defer func() {
+		clear(cands) // keep no entry alive
+		cm.cands = cands[:0]
+	}()
+	slices.SortFunc(cands, func(a, b discoveryCandidate) int {
 		if a.full != b.full {
 			if a.full {
 				return 1

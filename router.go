@@ -8,6 +8,7 @@ import (
 	"fmt"
 	mrand "math/rand/v2"
 	"net"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -1031,14 +1032,16 @@ func (router *Router) handleTopology(c *LocalConnection, payload []byte) error {
 // other neighbours what was new.
 func (router *Router) mergeUpdates(c *LocalConnection, updates []peerUpdate) {
 	conns := router.connections()
-	neighbours := make([]PeerName, len(conns))
+	sc := relayScratchPool.Get().(*relayScratch)
+	defer sc.release()
+	neighbours := sc.reset(len(conns))
 	for i, o := range conns {
 		neighbours[i] = o.remoteName
 	}
 	// relay gets, per neighbour (by position in conns), the names to
 	// announce at once, later those of newer versions of entries the
 	// neighbour most likely has.
-	relay, later := make([][]PeerName, len(conns)), make([][]PeerName, len(conns))
+	relay, later := sc.relay, sc.later
 	var orders []pullOrder
 	router.Peers.mu.Lock()
 	res := router.Peers.topo.apply(updates)
@@ -1046,7 +1049,6 @@ func (router *Router) mergeUpdates(c *LocalConnection, updates []peerUpdate) {
 	if len(res.changed) > 0 {
 		now := time.Now().UnixNano()
 		rc := router.Peers.topo.newRelayContext(c.remoteName, neighbours)
-		var targets []int
 		for i, x := range res.changed {
 			if p := router.Peers.topo.get(x); p != nil {
 				if o, ok := router.pulls.received(p, now); ok {
@@ -1057,11 +1059,8 @@ func (router *Router) mergeUpdates(c *LocalConnection, updates []peerUpdate) {
 			if res.renewed[i] {
 				to = later
 			}
-			targets = rc.appendTargets(targets[:0], x)
-			for _, n := range targets {
-				if to[n] == nil {
-					to[n] = make([]PeerName, 0, len(res.changed)-i)
-				}
+			sc.targets = rc.appendTargets(sc.targets[:0], x)
+			for _, n := range sc.targets {
 				to[n] = append(to[n], x)
 			}
 		}
@@ -1105,6 +1104,48 @@ func (router *Router) mergeUpdates(c *LocalConnection, updates []peerUpdate) {
 	if len(res.changed) > 0 || res.ourVersionBumped || res.placeholders > 0 {
 		router.topologyChanged()
 	}
+}
+
+// relayScratch holds the lists mergeUpdates builds for each message, kept
+// between messages (and readers) so that relaying allocates nothing once
+// warm. The send queues copy the names they are given.
+type relayScratch struct {
+	neighbours   []PeerName
+	relay, later [][]PeerName
+	targets      []int
+}
+
+var relayScratchPool = sync.Pool{New: func() any { return new(relayScratch) }}
+
+// maxRelayScratch bounds the names a relayScratch keeps room for between
+// messages; a burst that needed more gives its lists up.
+const maxRelayScratch = 1 << 14
+
+// reset readies the lists for n neighbours and returns the neighbour list.
+func (sc *relayScratch) reset(n int) []PeerName {
+	sc.neighbours = slices.Grow(sc.neighbours[:0], n)[:n]
+	for _, l := range []*[][]PeerName{&sc.relay, &sc.later} {
+		*l = slices.Grow((*l)[:0], n)[:n]
+		for i := range *l {
+			(*l)[i] = (*l)[i][:0]
+		}
+	}
+	return sc.neighbours
+}
+
+// release gives the lists back to the pool, unless a burst made them
+// large.
+func (sc *relayScratch) release() {
+	kept := 0
+	for _, l := range [][][]PeerName{sc.relay, sc.later} {
+		for _, names := range l {
+			kept += cap(names)
+		}
+	}
+	if kept > maxRelayScratch {
+		return
+	}
+	relayScratchPool.Put(sc)
 }
 
 // announceDelay is the least time between two announcements of newer

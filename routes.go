@@ -26,44 +26,82 @@ type routeTable struct {
 	broadcastAll map[PeerName][]PeerName
 }
 
-// newRouteTable computes the routes of t.
-func newRouteTable(t *topology) *routeTable {
+// newRouteTable computes the routes of t. The lists that come out the same
+// as in prev (which may be nil) are shared with it rather than allocated:
+// tables are never modified once built, and while a mesh forms most
+// recomputations change some entries but neither the peers nor the routes.
+func newRouteTable(t *topology, prev *routeTable) *routeTable {
 	g := t.graph
 	us := t.ourSlot()
-	rt := &routeTable{
-		gen:          t.gen,
-		names:        make([]PeerName, len(g.order)),
-		unicast:      make([]int32, len(g.order)),
-		unicastAll:   make([]int32, len(g.order)),
-		broadcast:    make(map[PeerName][]PeerName),
-		broadcastAll: make(map[PeerName][]PeerName),
+	rt := &routeTable{gen: t.gen}
+	samePeers := prev != nil && sameOrder(prev.names, g)
+	if samePeers {
+		rt.names = prev.names
+	} else {
+		rt.names = make([]PeerName, len(g.order))
+		for i, s := range g.order {
+			rt.names[i] = g.names[s]
+		}
 	}
 	// index maps slots to positions in names.
 	ip := getSlots(len(g.names))
 	defer putSlots(ip)
 	index := *ip
 	for i, s := range g.order {
-		rt.names[i] = g.names[s]
 		index[s] = int32(i)
 		if s == us {
 			rt.us = int32(i)
 		}
 	}
+	sp := getSlots(len(g.order))
+	defer putSlots(sp)
+	scratch := *sp
 	for _, v := range []struct {
 		mutualOnly bool
-		out        []int32
-	}{{true, rt.unicast}, {false, rt.unicastAll}} {
+		out        *[]int32
+		prev       []int32
+	}{{true, &rt.unicast, prevList(prev, true)}, {false, &rt.unicastAll, prevList(prev, false)}} {
 		hops := g.nextHops(us, v.mutualOnly)
 		for i, s := range g.order {
 			if h := (*hops)[s]; h >= 0 {
-				v.out[i] = index[h]
+				scratch[i] = index[h]
 			} else {
-				v.out[i] = -1
+				scratch[i] = -1
 			}
 		}
 		putSlots(hops)
+		if samePeers && slices.Equal(scratch, v.prev) {
+			*v.out = v.prev
+		} else {
+			*v.out = slices.Clone(scratch)
+		}
 	}
 	return rt
+}
+
+// prevList returns prev's unicast (mutual) or unicastAll list, or nil.
+func prevList(prev *routeTable, mutual bool) []int32 {
+	switch {
+	case prev == nil:
+		return nil
+	case mutual:
+		return prev.unicast
+	default:
+		return prev.unicastAll
+	}
+}
+
+// sameOrder reports whether names lists g's peers, in g's order.
+func sameOrder(names []PeerName, g *peerGraph) bool {
+	if len(names) != len(g.order) {
+		return false
+	}
+	for i, s := range g.order {
+		if names[i] != g.names[s] {
+			return false
+		}
+	}
+	return true
 }
 
 // index returns the position of name in rt.names.
@@ -107,8 +145,14 @@ func (rt *routeTable) tree(t *topology, all bool, name PeerName) []PeerName {
 	rt.mu.Lock()
 	defer rt.mu.Unlock()
 	if all {
+		if rt.broadcastAll == nil {
+			rt.broadcastAll = make(map[PeerName][]PeerName)
+		}
 		rt.broadcastAll[name] = hops
 	} else {
+		if rt.broadcast == nil {
+			rt.broadcast = make(map[PeerName][]PeerName)
+		}
 		rt.broadcast[name] = hops
 	}
 	return hops
@@ -141,7 +185,7 @@ type Routes struct {
 
 func newRoutes(peers *Peers) *Routes {
 	r := &Routes{peers: peers}
-	rt := newRouteTable(peers.topo)
+	rt := newRouteTable(peers.topo, nil)
 	r.table.Store(rt)
 	r.reported = rt
 	return r
@@ -155,7 +199,7 @@ func (r *Routes) update(t *topology) *routeTable {
 	defer r.calcMu.Unlock()
 	rt := r.table.Load()
 	if rt.gen != t.gen {
-		rt = newRouteTable(t)
+		rt = newRouteTable(t, rt)
 		r.table.Store(rt)
 	}
 	return rt

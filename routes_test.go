@@ -326,3 +326,50 @@ func TestRoutesUpdatedOnDemandStillReportChange(t *testing.T) {
 	require.True(t, r.recalculate(tp), "the change is reported although the table was already current")
 	require.False(t, r.recalculate(tp), "and only once")
 }
+
+// TestRouteTableSharesWhatDidNotChange applies random changes to a
+// topology: each new table must route exactly as one computed from
+// scratch, and share the lists of the previous table that came out the
+// same.
+func TestRouteTableSharesWhatDidNotChange(t *testing.T) {
+	rnd := rand.New(rand.NewPCG(7, 11))
+	const n = 12
+	var edges [][2]int
+	for i := 1; i < n; i++ {
+		edges = append(edges, [2]int{rnd.IntN(i), i})
+	}
+	tp := buildTopology(n, 0, edges)
+	prev := newRouteTable(tp, nil)
+	shared, changed := 0, 0
+	for step := 0; step < 300; step++ {
+		// Change one peer's connections: add one, or drop one, or only
+		// bump the version with the same list.
+		i := 1 + rnd.IntN(n-1)
+		p := tp.get(testPeerName(i))
+		conns := slices.Clone(p.conns)
+		switch rnd.IntN(3) {
+		case 0:
+			conns = append(conns, conn(rnd.IntN(n), rnd.IntN(2) == 0))
+		case 1:
+			if len(conns) > 0 {
+				conns = slices.Delete(conns, 0, 1)
+			}
+		}
+		tp.apply([]peerUpdate{update(i, p.UID, p.Version+1, conns...)})
+		rt := newRouteTable(tp, prev)
+		fresh := newRouteTable(tp, nil)
+		require.Equal(t, fresh.names, rt.names)
+		require.Equal(t, fresh.unicast, rt.unicast, "step %d", step)
+		require.Equal(t, fresh.unicastAll, rt.unicastAll, "step %d", step)
+		if slices.Equal(rt.unicast, prev.unicast) {
+			require.Same(t, &prev.unicast[0], &rt.unicast[0], "an unchanged list is shared")
+			shared++
+		} else {
+			require.NotSame(t, &prev.unicast[0], &rt.unicast[0])
+			changed++
+		}
+		prev = rt
+	}
+	require.Positive(t, shared)
+	require.Positive(t, changed)
+}

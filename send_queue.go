@@ -7,25 +7,9 @@ import (
 	"sync"
 )
 
-// Buffers for queued messages and outgoing bytes come from a pool shared by
-// all connections, and go back to it after each batch, so that an idle
+// Buffers for queued messages and outgoing bytes come from the shared
+// buffer pools (pool.go), and go back after each batch, so that an idle
 // connection holds no buffer and a busy one reuses warm memory.
-var bufferPool = sync.Pool{New: func() any { return new([]byte) }}
-
-// maxPooledBuffer is the largest buffer returned to the pool.
-const maxPooledBuffer = 4 << 20
-
-func getBuffer() []byte {
-	return (*bufferPool.Get().(*[]byte))[:0]
-}
-
-func putBuffer(b []byte) {
-	if b == nil || cap(b) > maxPooledBuffer {
-		return
-	}
-	b = b[:0]
-	bufferPool.Put(&b)
-}
 
 // errQueueFull is returned when a message is dropped because the send
 // queue of the next hop is full.

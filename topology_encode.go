@@ -1,7 +1,5 @@
 package mesh
 
-import "slices"
-
 // topoEncoder encodes the topology messages one connection's writer sends:
 // entries, digests, announcements and pulls. It keeps its buffers from one
 // batch to the next, so that a busy connection does not allocate for each
@@ -79,8 +77,11 @@ func (e *topoEncoder) topology(peers *Peers, names []PeerName) [][]byte {
 	peers.mu.RLock()
 	e.updates = peers.topo.updatesFor(names, e.updates[:0])
 	peers.mu.RUnlock()
+	if need := topologySizeBound(e.updates); cap(e.buf) < need {
+		putBuffer(e.buf)
+		e.buf = getBufferSize(need)
+	}
 	e.startBuffer()
-	e.buf = slices.Grow(e.buf, topologySizeBound(e.updates))
 	for u := e.updates; len(u) > 0; {
 		n := min(len(u), maxPeersPerTopologyMessage)
 		e.buf = appendTopology(e.buf, u[:n])
