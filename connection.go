@@ -675,6 +675,10 @@ const writeChunk = 256 << 10
 // of its own, rather than after all of it. A message too large for a
 // frame is dropped and logged; the connection goes on.
 func (c *LocalConnection) appendFrame(out, body []byte) ([]byte, error) {
+	if len(body) <= c.writer.maxFrame {
+		// Grow out through the pool: a batch of topology can be large.
+		out = bufferPool.grow(out, len(body)+maxFrameOverhead)
+	}
 	res, err := c.writer.appendFrame(out, body)
 	c.router.metrics.frameSent(body, err)
 	if errors.Is(err, ErrFrameTooLarge) {

@@ -29,6 +29,10 @@ const (
 	// around the bytes themselves, after its own byte count: the type id,
 	// the zero field delta and a length of at most nine bytes.
 	gobBytesOverhead = 2 + 9
+	// maxFrameOverhead bounds what framing and sealing add to a body: a
+	// gob byte count and header (version 1) or a length prefix (version
+	// 2), and the secretbox tag.
+	maxFrameOverhead = 9 + gobBytesOverhead + secretbox.Overhead
 	// frameGrowChunk is the first step by which a buffer for a frame too
 	// large to be peeked grows; later steps double it. Growing as the bytes
 	// arrive keeps a peer that announces a large frame and then stalls from

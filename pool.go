@@ -54,76 +54,102 @@ func (sp *slicePool[T]) put(s []T) {
 }
 
 var (
-	namesPool   = slicePool[PeerName]{maxKeep: maxDigestRecords, plain: true}
-	recordsPool = slicePool[digestEntry]{maxKeep: maxDigestRecords, plain: true}
+	namesPool   = newSizedPool[PeerName](16, maxDigestRecords)
+	recordsPool = newSizedPool[digestEntry](16, maxDigestRecords)
 	updatesPool = slicePool[peerUpdate]{maxKeep: 1 << 14}
 	// candidatesPool holds the lists of announced entries newer than ours
 	// a reader builds (see pullNewer).
 	candidatesPool = slicePool[pullCandidate]{maxKeep: maxDigestRecords, plain: true}
+	// bufferPool holds byte buffers: queued messages, frames, encoded
+	// topology.
+	bufferPool = newSizedPool[byte](minPooledBuffer, maxPooledBuffer)
 )
 
-// Byte buffers (queued messages, frames, encoded topology) are pooled by
-// capacity class, so that a writer that needs a large buffer finds one of
-// that size rather than growing a small one: class k holds the buffers of
-// capacity in [minPooledBuffer<<(2k), minPooledBuffer<<(2k+2)), the last
-// class those up to maxPooledBuffer. Smaller buffers are not kept: they
-// cost less to allocate than to pool.
-const (
-	minPooledBuffer = 1 << 10
-	maxPooledBuffer = 4 << 20
-	bufferClasses   = 6 // 1 KiB, 4 KiB, ... 1 MiB, up to 4 MiB
-)
-
-var bufferPools [bufferClasses]slicePool[byte]
-
-func init() {
-	for k := range bufferPools {
-		bufferPools[k] = slicePool[byte]{maxKeep: maxPooledBuffer, plain: true}
-	}
+// A sizedPool holds lists of pointer-free elements by capacity class, so
+// that a user that needs a long list finds one of that size rather than
+// growing a short one, when short and long lists are used alike (a few
+// names announced, or a digest of the whole mesh; a heartbeat, or an
+// encoded topology): class k holds the lists of capacity in
+// [min<<(2k), min<<(2k+2)), the last class those up to max. Shorter lists
+// are not kept: they cost less to allocate than to pool.
+type sizedPool[T any] struct {
+	classes  [sizedClasses]slicePool[T]
+	min, max int
 }
 
-// bufferClass returns the class of a buffer of capacity c, or -1 for one
-// too small or too large to pool.
-func bufferClass(c int) int {
-	if c < minPooledBuffer || c > maxPooledBuffer {
+const sizedClasses = 6
+
+func newSizedPool[T any](min, max int) *sizedPool[T] {
+	sp := &sizedPool[T]{min: min, max: max}
+	for k := range sp.classes {
+		sp.classes[k] = slicePool[T]{maxKeep: max, plain: true}
+	}
+	return sp
+}
+
+// class returns the class of a list of capacity c, or -1 for one too
+// short or too long to pool.
+func (sp *sizedPool[T]) class(c int) int {
+	if c < sp.min || c > sp.max {
 		return -1
 	}
-	return min((bits.Len(uint(c))-1-bits.Len(minPooledBuffer-1))/2, bufferClasses-1)
+	return min((bits.Len(uint(c))-bits.Len(uint(sp.min)))/2, sizedClasses-1)
 }
 
-// getBuffer returns an empty buffer from the pool, the smallest class
-// first, or nil.
-func getBuffer() []byte {
-	for k := range bufferPools {
-		if b := bufferPools[k].get(); b != nil {
-			return b
+// get returns an empty list from the pool, the shortest class first, or
+// nil.
+func (sp *sizedPool[T]) get() []T {
+	for k := range sp.classes {
+		if s := sp.classes[k].get(); s != nil {
+			return s
 		}
 	}
 	return nil
 }
 
-// getBufferSize returns an empty buffer of capacity at least n.
-func getBufferSize(n int) []byte {
+// getSize returns an empty list of capacity at least n.
+func (sp *sizedPool[T]) getSize(n int) []T {
 	k := 0
-	for k < bufferClasses && minPooledBuffer<<(2*k) < n {
+	for k < sizedClasses && sp.min<<(2*k) < n {
 		k++
 	}
-	if k == bufferClasses {
-		return make([]byte, 0, n)
+	if k == sizedClasses {
+		return make([]T, 0, n)
 	}
-	// Every buffer of class k or above is large enough.
-	for c := k; c < bufferClasses; c++ {
-		if b := bufferPools[c].get(); b != nil {
-			return b
+	// Every list of class k or above is long enough.
+	for c := k; c < sizedClasses; c++ {
+		if s := sp.classes[c].get(); s != nil {
+			return s
 		}
 	}
-	return make([]byte, 0, max(n, minPooledBuffer<<(2*k)))
+	return make([]T, 0, max(n, sp.min<<(2*k)))
 }
 
-// putBuffer gives a buffer back to the pool; it must not be used
-// afterwards.
-func putBuffer(b []byte) {
-	if k := bufferClass(cap(b)); k >= 0 {
-		bufferPools[k].put(b)
+// put gives a list back; it must not be used afterwards.
+func (sp *sizedPool[T]) put(s []T) {
+	if k := sp.class(cap(s)); k >= 0 {
+		sp.classes[k].put(s)
 	}
 }
+
+// grow returns s with room for n more elements. A list that must grow
+// is replaced by a pooled one of at least twice its capacity, and given
+// back: s must not be used afterwards.
+func (sp *sizedPool[T]) grow(s []T, n int) []T {
+	if cap(s)-len(s) >= n {
+		return s
+	}
+	ns := append(sp.getSize(max(len(s)+n, 2*cap(s))), s...)
+	sp.put(s)
+	return ns
+}
+
+// Byte buffers are pooled from 1 KiB to 4 MiB.
+const (
+	minPooledBuffer = 1 << 10
+	maxPooledBuffer = 4 << 20
+)
+
+func getBuffer() []byte          { return bufferPool.get() }
+func getBufferSize(n int) []byte { return bufferPool.getSize(n) }
+func putBuffer(b []byte)         { bufferPool.put(b) }

@@ -14,14 +14,14 @@ func TestBufferClass(t *testing.T) {
 		{16 << 10, 2}, {64 << 10, 3}, {256 << 10, 4},
 		{1 << 20, 5}, {maxPooledBuffer, 5}, {maxPooledBuffer + 1, -1},
 	} {
-		require.Equal(t, c.class, bufferClass(c.cap), "capacity %d", c.cap)
+		require.Equal(t, c.class, bufferPool.class(c.cap), "capacity %d", c.cap)
 	}
 }
 
 func TestGetBufferSize(t *testing.T) {
 	// Fill every class, then ask for sizes at and between class bounds:
 	// whatever the pool hands out must hold the size asked for.
-	for k := range bufferClasses {
+	for k := range sizedClasses {
 		putBuffer(make([]byte, 0, minPooledBuffer<<(2*k)))
 	}
 	for _, n := range []int{0, 1, minPooledBuffer, minPooledBuffer + 1, 5000, 16 << 10, 100 << 10, 1<<20 + 1, maxPooledBuffer, maxPooledBuffer + 1} {
@@ -34,7 +34,7 @@ func TestGetBufferSize(t *testing.T) {
 	putBuffer(make([]byte, 10))
 	putBuffer(make([]byte, maxPooledBuffer+1))
 	for b := getBuffer(); b != nil; b = getBuffer() {
-		require.NotEqual(t, -1, bufferClass(cap(b)))
+		require.NotEqual(t, -1, bufferPool.class(cap(b)))
 	}
 }
 
@@ -65,4 +65,24 @@ func TestSlicePoolClearsPointers(t *testing.T) {
 	sp.put(s)
 	require.Nil(t, s[:2][0], "a list given back keeps no pointer")
 	require.Nil(t, s[:2][1])
+}
+
+func TestSizedPoolGrowKeepsContent(t *testing.T) {
+	sp := newSizedPool[uint64](16, 1<<12)
+	s := sp.get()
+	for i := range 5000 {
+		s = sp.grow(s, 1)
+		require.GreaterOrEqual(t, cap(s)-len(s), 1)
+		s = append(s, uint64(i))
+	}
+	for i, v := range s {
+		require.Equal(t, uint64(i), v)
+	}
+	s = s[:10]
+	require.Same(t, &s[0], &sp.grow(s, 5)[0], "a list with room is kept")
+	require.Equal(t, -1, sp.class(15))
+	require.Equal(t, 0, sp.class(16))
+	require.Equal(t, 1, sp.class(64))
+	require.Equal(t, 4, sp.class(1<<12))
+	require.Equal(t, -1, sp.class(1<<12+1))
 }

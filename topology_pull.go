@@ -330,11 +330,9 @@ type readScratch struct {
 
 // parseDigest decodes a digest message into the scratch records.
 func (s *readScratch) parseDigest(b []byte) ([]digestEntry, error) {
-	if s.records == nil {
-		s.records = recordsPool.get()
-	}
+	s.records = recordsPool.grow(s.records[:0], min(len(b)/digestRecordSize, maxDigestRecords))
 	var err error
-	s.records, err = appendParsedDigest(s.records[:0], b)
+	s.records, err = appendParsedDigest(s.records, b)
 	return s.records, err
 }
 
