@@ -306,10 +306,7 @@ type nameSet struct {
 }
 
 func (s *nameSet) add(names []PeerName) {
-	if s.names == nil {
-		s.names = namesPool.get()
-	}
-	s.names = append(s.names, names...)
+	s.names = append(namesPool.grow(s.names, len(names)), names...)
 	if len(s.names) >= max(s.compactAt, smallBatch) {
 		s.compact()
 		s.compactAt = 2 * len(s.names)
@@ -326,10 +323,9 @@ func (s *nameSet) compact() {
 // for the next batch: an idle connection should not hold it.
 func (s *nameSet) take(dst []PeerName) []PeerName {
 	s.compact()
-	if dst == nil && len(s.names) > 0 {
-		dst = namesPool.get()
+	if len(s.names) > 0 {
+		dst = append(namesPool.grow(dst, len(s.names)), s.names...)
 	}
-	dst = append(dst, s.names...)
 	if cap(s.names) > smallBatch {
 		namesPool.put(s.names)
 		s.names = nil

@@ -127,11 +127,9 @@ func (e *topoEncoder) answers(peers *Peers, records []digestEntry, frame func(de
 
 // digest encodes our digest: every peer's record but placeholders'.
 func (e *topoEncoder) digest(peers *Peers) [][]byte {
-	if e.records == nil {
-		e.records = recordsPool.get()
-	}
 	peers.mu.RLock()
-	e.records = peers.topo.appendDigest(e.records[:0])
+	e.records = recordsPool.grow(e.records[:0], peers.topo.len())
+	e.records = peers.topo.appendDigest(e.records)
 	peers.mu.RUnlock()
 	return e.digestRecords(e.records)
 }
