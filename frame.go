@@ -116,15 +116,15 @@ func appendGobBytesHeader(dst []byte, n int) []byte {
 	return gobint.AppendUint(dst, uint64(n))
 }
 
+// maxRetainedFrameBuffer is the largest read buffer a frameReader keeps
+// from one frame to the next; larger ones come from the shared pool.
+const maxRetainedFrameBuffer = 4 << 10
+
 // frameReader reads the message bodies the remote sends on one connection
 // and hands them out in plaintext. The slice readFrame returns is only valid
 // until the next call: the reader reuses its buffers, so in steady state it
 // allocates nothing. After the first error the reader is dead and keeps
 // returning that error. A frameReader is not safe for concurrent use.
-// maxRetainedFrameBuffer is the largest read buffer a frameReader keeps
-// from one frame to the next; larger ones come from the shared pool.
-const maxRetainedFrameBuffer = 4 << 10
-
 type frameReader struct {
 	br             frameSource
 	stream         *streamReader // br after the handshake (see useStream)
@@ -165,11 +165,23 @@ func (r *frameReader) useStream(rd io.Reader) {
 }
 
 // wait blocks until bytes arrive when none are buffered; an error stays
-// in the stream, for readFrame to return.
+// in the stream, for readFrame to return. Before it blocks, it gives the
+// frame buffers back to the pools: the connection may stay quiet for long
+// (a heartbeat interval), and a mesh has thousands of them; taking
+// buffers again from the pools when the next frame comes costs little.
 func (r *frameReader) wait() {
 	if r.stream != nil && r.err == nil && r.stream.Buffered() == 0 {
+		r.releaseBuffers()
 		_ = r.stream.fill(1)
 	}
+}
+
+// releaseBuffers gives the frame buffers back to the pools. What readFrame
+// returned must not be used afterwards.
+func (r *frameReader) releaseBuffers() {
+	putBuffer(r.buf)
+	putBuffer(r.out)
+	r.buf, r.out = nil, nil
 }
 
 // close gives back the buffers the reader holds; it must not be used
@@ -178,9 +190,7 @@ func (r *frameReader) close() {
 	if r.stream != nil {
 		r.stream.close()
 	}
-	putBuffer(r.buf)
-	putBuffer(r.out)
-	r.buf, r.out = nil, nil
+	r.releaseBuffers()
 	if r.err == nil {
 		r.err = io.ErrClosedPipe
 	}
@@ -255,7 +265,7 @@ func (r *frameReader) nextFrame() ([]byte, error) {
 	}
 	makeNonce(&r.nonce, r.senderOutbound, r.counter)
 	if plain := len(wire) - secretbox.Overhead; r.out == nil || (cap(r.out) < plain && plain > maxRetainedFrameBuffer) {
-		r.out = getBuffer()
+		r.out = getBufferSize(plain)
 	}
 	out, ok := secretbox.Open(r.out[:0], wire, &r.nonce, r.key)
 	if !ok {

@@ -796,11 +796,18 @@ func (router *Router) topologyLoop() {
 	defer digestTicker.Stop()
 	changedSinceDigest := false
 	var lastDigest time.Time
+	lastBaseSweep := time.Now()
 	for {
 		select {
 		case <-router.stop:
 			return
 		case now := <-digestTicker.C:
+			if now.Sub(lastBaseSweep) >= baseQuietInterval {
+				lastBaseSweep = now
+				router.Peers.mu.Lock()
+				router.Peers.topo.dropQuietBases()
+				router.Peers.mu.Unlock()
+			}
 			// An entry asked for and not received may be missing still:
 			// a digest exchange finds it.
 			// Both are spaced by the size of the mesh: on a machine too

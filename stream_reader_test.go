@@ -201,3 +201,37 @@ func TestStreamReaderFramesThroughFrameReader(t *testing.T) {
 		})
 	}
 }
+
+// TestFrameReaderGivesBuffersBackBeforeWaiting: the buffers frames
+// needed are kept while more bytes are buffered, and given back before
+// the reader waits for the next bytes.
+func TestFrameReaderGivesBuffersBackBeforeWaiting(t *testing.T) {
+	key := &[32]byte{3}
+	w := newFrameWriter(2, key, true, 0)
+	var wire []byte
+	for _, n := range []int{3000, 3000, 70000} {
+		var err error
+		wire, err = w.appendFrame(wire, seq(n, 1))
+		require.NoError(t, err)
+	}
+	r := newFrameReader(bufio.NewReaderSize(bytes.NewReader(nil), readBufferSize), 2, key, true, 0)
+	r.useStream(&chunkReader{chunks: [][]byte{wire}})
+	for i := range 2 {
+		r.wait()
+		_, err := r.readFrame()
+		require.NoError(t, err)
+		require.NotNil(t, r.out, "the plaintext of a sealed frame")
+		require.Positive(t, r.stream.Buffered(), "frame %d: more has arrived", i)
+	}
+	r.wait() // more is buffered: nothing to wait for, buffers kept
+	require.NotNil(t, r.out)
+	_, err := r.readFrame()
+	require.NoError(t, err)
+	require.NotNil(t, r.buf, "a frame larger than the stream's buffer is copied")
+	require.Zero(t, r.stream.Buffered())
+	r.wait() // nothing buffered: the buffers go back before the read
+	require.Nil(t, r.buf)
+	require.Nil(t, r.out)
+	_, err = r.readFrame()
+	require.ErrorIs(t, err, io.EOF)
+}

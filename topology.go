@@ -51,6 +51,10 @@ type topology struct {
 	tombstones     map[PeerName]tombstone
 	tombstoneOrder []tombstoneRef
 	tombstoneSeq   uint64
+
+	// withBases lists the entries that keep delta bases (see
+	// dropQuietBases); nil until one does.
+	withBases map[PeerName]basesRecord
 }
 
 type tombstone struct {
@@ -104,6 +108,7 @@ func (t *topology) remove(p *Peer) {
 	}
 	t.peers.Delete(p)
 	delete(t.byName, p.Name)
+	delete(t.withBases, p.Name)
 	t.graph.remove(p.Name)
 	t.gen++
 	t.published.Store(t.gen)
@@ -236,6 +241,7 @@ func (t *topology) apply(updates []peerUpdate) mergeResult {
 		}
 		if existing != nil && existing.UID == p.UID && len(conns) >= deltaMinConns {
 			p.prev = existing.withPrevs(deltaBases - 1)
+			t.recordBases(p)
 		}
 		t.put(p)
 		t.forgetTombstone(u.Name)

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"slices"
+	"time"
 )
 
 // Deltas of a peer's own entry: an extension between mesh peers that
@@ -42,7 +43,57 @@ const (
 	// one are kept as bases for deltas. They share their connection lists
 	// with the entries they were.
 	deltaBases = 4
+	// baseQuietInterval is how often the topology loop drops the delta
+	// bases of entries that stopped changing (see dropQuietBases).
+	baseQuietInterval = 10 * time.Second
 )
+
+// basesRecord is an entry that keeps delta bases, as dropQuietBases last
+// saw it: fresh until a call of dropQuietBases has seen it.
+type basesRecord struct {
+	entry *Peer
+	fresh bool
+}
+
+// recordBases notes that entry p keeps delta bases.
+func (t *topology) recordBases(p *Peer) {
+	if t.withBases == nil {
+		t.withBases = make(map[PeerName]basesRecord)
+	}
+	t.withBases[p.Name] = basesRecord{entry: p, fresh: true}
+}
+
+// dropQuietBases drops the delta bases of the entries that have not
+// changed since its previous call, and returns how many it dropped. The
+// bases serve neighbours a few versions behind while an entry changes;
+// once it has been quiet for a while they have caught up, and the bases
+// would only hold memory (in a hub-and-spoke mesh, every router keeps the
+// hubs' entries, each a list of the whole mesh). Called every
+// baseQuietInterval, it drops bases between one and two intervals after
+// the entry's last change.
+func (t *topology) dropQuietBases() int {
+	dropped := 0
+	for name, rec := range t.withBases {
+		cur := t.get(name)
+		switch {
+		case cur != rec.entry:
+			// Replaced by an entry without bases, or removed.
+			delete(t.withBases, name)
+		case rec.fresh:
+			t.withBases[name] = basesRecord{entry: cur}
+		default:
+			q := *cur
+			q.prev = nil
+			t.put(&q)
+			delete(t.withBases, name)
+			dropped++
+		}
+	}
+	if len(t.withBases) == 0 {
+		t.withBases = nil
+	}
+	return dropped
+}
 
 // entryDelta turns version From of a peer's entry into version To.
 type entryDelta struct {

@@ -155,3 +155,51 @@ func TestDeltaBoundedByMaxConnections(t *testing.T) {
 	require.Equal(t, deltaApplies, res)
 	require.Len(t, u.Connections, 3)
 }
+
+// TestQuietEntriesDropTheirBases: the delta bases of a large entry are
+// kept while it changes, and dropped by the second sweep after it stops,
+// without changing the entry or the graph.
+func TestQuietEntriesDropTheirBases(t *testing.T) {
+	tp := newTestTopology(0)
+	big := func(v uint64, extra int) peerUpdate {
+		conns := []connectionSummary{conn(0, true)}
+		for i := 10; i < 10+deltaMinConns+extra; i++ {
+			conns = append(conns, conn(i, true))
+		}
+		return update(1, 11, v, conns...)
+	}
+	tp.apply([]peerUpdate{big(1, 0)})
+	tp.apply([]peerUpdate{big(2, 1)})
+	tp.apply([]peerUpdate{big(3, 2)})
+	require.NotNil(t, tp.get(testPeerName(1)).base(11, 2))
+
+	// The first sweep only notes the entry; a change before the next one
+	// keeps the bases.
+	require.Zero(t, tp.dropQuietBases())
+	tp.apply([]peerUpdate{big(4, 3)})
+	require.Zero(t, tp.dropQuietBases())
+	require.NotNil(t, tp.get(testPeerName(1)).base(11, 3))
+
+	// Quiet for a whole interval: the bases go, the entry stays as it was.
+	before := tp.get(testPeerName(1))
+	routesBefore := newRouteTable(tp, nil)
+	require.Equal(t, 1, tp.dropQuietBases())
+	after := tp.get(testPeerName(1))
+	require.Nil(t, after.prev)
+	require.Nil(t, after.base(11, 3))
+	require.Equal(t, before.Version, after.Version)
+	require.Equal(t, before.conns, after.conns)
+	routesAfter := newRouteTable(tp, nil)
+	require.Equal(t, routesBefore.unicastAll, routesAfter.unicastAll)
+	require.Nil(t, tp.withBases, "nothing left to watch")
+	require.Zero(t, tp.dropQuietBases())
+
+	// A new version keeps the one before it as a base again.
+	tp.apply([]peerUpdate{big(5, 4)})
+	require.NotNil(t, tp.get(testPeerName(1)).base(11, 4))
+
+	// A removed entry is forgotten.
+	tp.remove(tp.get(testPeerName(1)))
+	require.Empty(t, tp.withBases)
+	require.Zero(t, tp.dropQuietBases())
+}
