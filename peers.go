@@ -134,8 +134,18 @@ func (peers *Peers) GarbageCollect() {
 }
 
 func (peers *Peers) garbageCollect(now, grace int64) (removed []*Peer, pending bool) {
+	return peers.collect(now, grace, nil)
+}
+
+// collect is garbageCollect given the routes last computed (or nil), whose
+// reachability it reuses when they are current.
+func (peers *Peers) collect(now, grace int64, rt *routeTable) (removed []*Peer, pending bool) {
 	peers.mu.Lock()
-	removed = peers.topo.gc(now, grace)
+	var reach []int32
+	if rt != nil && rt.gen == peers.topo.gen {
+		reach = rt.unicastAll
+	}
+	removed = peers.topo.gcWith(now, grace, reach)
 	pending = peers.topo.pendingGC()
 	peers.mu.Unlock()
 	if len(removed) > 0 {

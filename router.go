@@ -849,7 +849,7 @@ func (router *Router) topologyLoop() {
 		if changed {
 			router.Routes.fireOnChange()
 		}
-		removed, pending := router.Peers.garbageCollect(time.Now().UnixNano(), int64(gcGrace))
+		removed, pending := router.Peers.collect(time.Now().UnixNano(), int64(gcGrace), router.Routes.table.Load())
 		router.topologyPassDone(changed, removed)
 		for _, p := range removed {
 			router.logf("Removed unreachable peer %s", p)

@@ -404,11 +404,27 @@ const unlinkedGraceFactor = 30
 // that becomes reachable again before that is kept. A peer that was never
 // reachable is kept unlinkedGraceFactor times longer, and is not
 // tombstoned when removed.
-func (t *topology) gc(now, grace int64) []*Peer {
+func (t *topology) gc(now, grace int64) []*Peer { return t.gcWith(now, grace, nil) }
+
+// gcWith is gc given reach, the next hops over every reported connection
+// by position in the graph's order (routeTable.unicastAll) of a route
+// table computed from the topology as it is, or nil: a route pass has
+// just computed them, and this saves a search of the graph.
+func (t *topology) gcWith(now, grace int64, reach []int32) []*Peer {
 	g := t.graph
-	hops := g.nextHops(t.ourSlot(), false)
-	defer putSlots(hops)
-	hop := *hops
+	var hop []int32 // by slot; >= 0 when reachable
+	if reach != nil && len(reach) == len(g.order) {
+		hp := getSlots(len(g.names))
+		defer putSlots(hp)
+		hop = *hp
+		for i, s := range g.order {
+			hop[s] = reach[i]
+		}
+	} else {
+		hops := g.nextHops(t.ourSlot(), false)
+		defer putSlots(hops)
+		hop = *hops
+	}
 	var unreachable []*Peer
 	for _, s := range g.order {
 		if hop[s] >= 0 {

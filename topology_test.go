@@ -2,6 +2,7 @@ package mesh
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -205,4 +206,39 @@ func TestTopologyUnlinkedPeerKeptLonger(t *testing.T) {
 	require.Empty(t, tp.tombstones, "never linked, so no tombstone")
 	res := tp.apply([]peerUpdate{update(5, 55, 4, conn(4, true))})
 	require.Equal(t, []PeerName{testPeerName(5)}, res.changed)
+}
+
+// TestGCWithRoutesMatchesSearch: garbage collection given the routes of
+// the current topology removes exactly what it removes with a search of
+// its own.
+func TestGCWithRoutesMatchesSearch(t *testing.T) {
+	rnd := rand.New(rand.NewPCG(3, 5))
+	for round := range 50 {
+		n := 3 + rnd.IntN(20)
+		var edges [][2]int
+		for k := rnd.IntN(2 * n); k > 0; k-- {
+			a, b := rnd.IntN(n), rnd.IntN(n)
+			if a != b {
+				edges = append(edges, [2]int{a, b})
+			}
+		}
+		a, b := buildTopology(n, 0, edges), buildTopology(n, 0, edges)
+		reach := newRouteTable(b, nil).unicastAll
+		names := func(ps []*Peer) []PeerName {
+			var out []PeerName
+			for _, p := range ps {
+				out = append(out, p.Name)
+			}
+			return out
+		}
+		want := names(a.gc(0, 0))
+		got := names(b.gcWith(0, 0, reach))
+		require.Equal(t, want, got, "round %d", round)
+		require.Equal(t, a.len(), b.len())
+		// Next hops of another topology (of another length) are not used.
+		// a and b have lost the same peers, so reach is longer than both.
+		a.setOurConnections(nil)
+		b.setOurConnections(nil)
+		require.Equal(t, names(a.gc(1, 0)), names(b.gcWith(1, 0, append(reach, 0))))
+	}
 }
