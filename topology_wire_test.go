@@ -594,6 +594,11 @@ func TestTopologyAllocations(t *testing.T) {
 		buf = appendTopology(buf[:0], peers)
 	})
 	require.Zero(t, allocs)
+	if raceEnabled {
+		// The decoder comes from a sync.Pool, which the race detector
+		// makes drop items at random: a new one allocates its lists.
+		t.Skip("decoding allocations are not stable under the race detector")
+	}
 	allocs = testing.AllocsPerRun(20, func() {
 		if _, err := decodeTopology(buf, topologyLimits{}); err != nil {
 			t.Fatal(err)
