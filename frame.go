@@ -264,9 +264,7 @@ func (r *frameReader) nextFrame() ([]byte, error) {
 		return wire, err
 	}
 	makeNonce(&r.nonce, r.senderOutbound, r.counter)
-	if plain := len(wire) - secretbox.Overhead; r.out == nil || (cap(r.out) < plain && plain > maxRetainedFrameBuffer) {
-		r.out = getBufferSize(plain)
-	}
+	r.out = bufferPool.grow(r.out[:0], len(wire)-secretbox.Overhead)
 	out, ok := secretbox.Open(r.out[:0], wire, &r.nonce, r.key)
 	if !ok {
 		hint := ""

@@ -61,7 +61,8 @@ var (
 	// a reader builds (see pullNewer).
 	candidatesPool = slicePool[pullCandidate]{maxKeep: maxDigestRecords, plain: true}
 	// bufferPool holds byte buffers: queued messages, frames, encoded
-	// topology.
+	// topology. They go back after each batch, so that an idle connection
+	// holds no buffer and a busy one reuses warm memory.
 	bufferPool = newSizedPool[byte](minPooledBuffer, maxPooledBuffer)
 )
 
@@ -150,6 +151,5 @@ const (
 	maxPooledBuffer = 4 << 20
 )
 
-func getBuffer() []byte          { return bufferPool.get() }
-func getBufferSize(n int) []byte { return bufferPool.getSize(n) }
-func putBuffer(b []byte)         { bufferPool.put(b) }
+func getBuffer() []byte  { return bufferPool.get() }
+func putBuffer(b []byte) { bufferPool.put(b) }

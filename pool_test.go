@@ -25,7 +25,7 @@ func TestGetBufferSize(t *testing.T) {
 		putBuffer(make([]byte, 0, minPooledBuffer<<(2*k)))
 	}
 	for _, n := range []int{0, 1, minPooledBuffer, minPooledBuffer + 1, 5000, 16 << 10, 100 << 10, 1<<20 + 1, maxPooledBuffer, maxPooledBuffer + 1} {
-		b := getBufferSize(n)
+		b := bufferPool.getSize(n)
 		require.Zero(t, len(b))
 		require.GreaterOrEqual(t, cap(b), n)
 		putBuffer(b)
@@ -52,7 +52,7 @@ func TestSlicePoolAllocatesNothingWhenWarm(t *testing.T) {
 	})
 	require.Zero(t, allocs)
 	allocs = testing.AllocsPerRun(1000, func() {
-		putBuffer(getBufferSize(3000))
+		putBuffer(bufferPool.getSize(3000))
 	})
 	require.Zero(t, allocs)
 }

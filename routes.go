@@ -56,12 +56,11 @@ func newRouteTable(t *topology, prev *routeTable) *routeTable {
 	sp := getSlots(len(g.order))
 	defer putSlots(sp)
 	scratch := *sp
-	for _, v := range []struct {
-		mutualOnly bool
-		out        *[]int32
-		prev       []int32
-	}{{true, &rt.unicast, prevList(prev, true)}, {false, &rt.unicastAll, prevList(prev, false)}} {
-		hops := g.nextHops(us, v.mutualOnly)
+	// nextHops returns, by index, the next hop of every peer; prev's list
+	// when it is the same.
+	nextHops := func(mutualOnly bool, prev []int32) []int32 {
+		hops := g.nextHops(us, mutualOnly)
+		defer putSlots(hops)
 		for i, s := range g.order {
 			if h := (*hops)[s]; h >= 0 {
 				scratch[i] = index[h]
@@ -69,26 +68,18 @@ func newRouteTable(t *topology, prev *routeTable) *routeTable {
 				scratch[i] = -1
 			}
 		}
-		putSlots(hops)
-		if samePeers && slices.Equal(scratch, v.prev) {
-			*v.out = v.prev
-		} else {
-			*v.out = slices.Clone(scratch)
+		if samePeers && slices.Equal(scratch, prev) {
+			return prev
 		}
+		return slices.Clone(scratch)
 	}
+	var prevUnicast, prevAll []int32
+	if samePeers {
+		prevUnicast, prevAll = prev.unicast, prev.unicastAll
+	}
+	rt.unicast = nextHops(true, prevUnicast)
+	rt.unicastAll = nextHops(false, prevAll)
 	return rt
-}
-
-// prevList returns prev's unicast (mutual) or unicastAll list, or nil.
-func prevList(prev *routeTable, mutual bool) []int32 {
-	switch {
-	case prev == nil:
-		return nil
-	case mutual:
-		return prev.unicast
-	default:
-		return prev.unicastAll
-	}
 }
 
 // sameOrder reports whether names lists g's peers, in g's order.

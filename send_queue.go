@@ -7,10 +7,6 @@ import (
 	"sync"
 )
 
-// Buffers for queued messages and outgoing bytes come from the shared
-// buffer pools (pool.go), and go back after each batch, so that an idle
-// connection holds no buffer and a busy one reuses warm memory.
-
 // errQueueFull is returned when a message is dropped because the send
 // queue of the next hop is full.
 var errQueueFull = errors.New("mesh: send queue full")

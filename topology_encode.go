@@ -77,10 +77,7 @@ func (e *topoEncoder) topology(peers *Peers, names []PeerName) [][]byte {
 	peers.mu.RLock()
 	e.updates = peers.topo.updatesFor(names, e.updates[:0])
 	peers.mu.RUnlock()
-	if need := topologySizeBound(e.updates); cap(e.buf) < need {
-		putBuffer(e.buf)
-		e.buf = getBufferSize(need)
-	}
+	e.buf = bufferPool.grow(e.buf[:0], topologySizeBound(e.updates))
 	e.startBuffer()
 	for u := e.updates; len(u) > 0; {
 		n := min(len(u), maxPeersPerTopologyMessage)
