@@ -64,6 +64,9 @@ type LocalConnection struct {
 	writer    *frameWriter
 	// first is a frame the handshake read (see handshakeResult.first).
 	first []byte
+	// heardBit tells this neighbour apart in the topology's heardSet;
+	// 0 when it has none. Guarded by the topology's lock.
+	heardBit uint64
 	// rs is the reader's scratch space.
 	rs readScratch
 	// overlayConn is set by the handshake, under errMu: shutdown, which
@@ -200,6 +203,12 @@ func (c *LocalConnection) readOn() {
 	err := c.readLoop()
 	c.reader.close()
 	r.removeConnection(c)
+	// What the remote was heard to have is forgotten, and its bit is
+	// free for another connection (see heardSet).
+	r.Peers.mu.Lock()
+	r.Peers.topo.heard.release(c.heardBit)
+	c.heardBit = 0
+	r.Peers.mu.Unlock()
 	r.metrics.dropped.Add(1)
 	c.ended(err)
 }
@@ -611,7 +620,7 @@ func (c *LocalConnection) sendBatch(batch *sendBatch, enc *topoEncoder, now time
 	}
 	if err == nil && len(batch.announce) > 0 {
 		c.lastTopo = now
-		out, scratch, err = c.appendDigestFrames(out, scratch, announceChannel, enc.announce(r.Peers, batch.announce))
+		out, scratch, err = c.appendDigestFrames(out, scratch, announceChannel, enc.announce(r.Peers, batch.announce, c))
 	}
 	if err == nil && len(batch.pull) > 0 {
 		out, scratch, err = c.appendDigestFrames(out, scratch, pullChannel, enc.digestRecords(batch.pull))

@@ -583,6 +583,7 @@ func (router *Router) addConnection(c *LocalConnection) error {
 	summaries := router.ourSummaries()
 	router.Peers.mu.Lock()
 	_, added := router.Peers.topo.addPeerIfUnknown(c.remoteSumm)
+	c.heardBit = router.Peers.topo.heard.acquire()
 	router.Peers.topo.setOurConnections(summaries)
 	sameNames := c.hasRemoteNames && c.remoteNames == router.Peers.topo.namesHash
 	router.Peers.mu.Unlock()
@@ -806,6 +807,7 @@ func (router *Router) topologyLoop() {
 				lastBaseSweep = now
 				router.Peers.mu.Lock()
 				router.Peers.topo.dropQuietBases()
+				router.Peers.topo.heard.sweep()
 				router.Peers.mu.Unlock()
 			}
 			// An entry asked for and not received may be missing still:
@@ -1051,6 +1053,10 @@ func (router *Router) mergeUpdates(c *LocalConnection, updates []peerUpdate) {
 	relay, later := sc.relay, sc.later
 	var orders []pullOrder
 	router.Peers.mu.Lock()
+	for i := range updates {
+		u := &updates[i].peerSummary
+		router.Peers.topo.heard.note(u.Name, u.UID, u.Version, c.heardBit)
+	}
 	res := router.Peers.topo.apply(updates)
 	router.metrics.topologyUpdates.Add(uint64(len(res.changed)))
 	if len(res.changed) > 0 {

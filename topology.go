@@ -52,6 +52,10 @@ type topology struct {
 	tombstoneOrder []tombstoneRef
 	tombstoneSeq   uint64
 
+	// heard remembers which neighbours have which versions, so that
+	// they are not announced to them (see heardSet).
+	heard heardSet
+
 	// withBases lists the entries that keep delta bases (see
 	// dropQuietBases); nil until one does.
 	withBases map[PeerName]basesRecord
@@ -109,6 +113,7 @@ func (t *topology) remove(p *Peer) {
 	t.peers.Delete(p)
 	delete(t.byName, p.Name)
 	delete(t.withBases, p.Name)
+	t.heard.forget(p.Name)
 	t.graph.remove(p.Name)
 	t.gen++
 	t.published.Store(t.gen)

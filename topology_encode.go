@@ -132,14 +132,15 @@ func (e *topoEncoder) digest(peers *Peers) [][]byte {
 }
 
 // announce encodes the current records of names, those we know.
-func (e *topoEncoder) announce(peers *Peers, names []PeerName) [][]byte {
+func (e *topoEncoder) announce(peers *Peers, names []PeerName, to *LocalConnection) [][]byte {
 	if e.records == nil {
 		e.records = recordsPool.get()
 	}
 	e.records = e.records[:0]
 	peers.mu.RLock()
+	bit := to.heardBit
 	for _, n := range names {
-		if p := peers.topo.get(n); p != nil && !p.isPlaceholder() {
+		if p := peers.topo.get(n); p != nil && !p.isPlaceholder() && !peers.topo.heard.has(p.Name, p.UID, p.Version, bit) {
 			e.records = append(e.records, digestEntry{Name: p.Name, UID: p.UID, Version: p.Version})
 		}
 	}

@@ -301,6 +301,7 @@ func (router *Router) pullNewer(c *LocalConnection, records []digestEntry) {
 		if e.Name == router.Ourself.Name && router.Peers.topo.raiseAbove(e) {
 			bumped = true
 		}
+		router.Peers.topo.heard.note(e.Name, e.UID, e.Version, c.heardBit)
 	}
 	if c.rs.cands == nil {
 		c.rs.cands = candidatesPool.get()
