@@ -807,7 +807,7 @@ func (router *Router) topologyLoop() {
 				lastBaseSweep = now
 				router.Peers.mu.Lock()
 				router.Peers.topo.dropQuietBases()
-				router.Peers.topo.heard.sweep()
+				router.Peers.topo.heard.sweep(router.Peers.topo.record)
 				router.Peers.mu.Unlock()
 			}
 			// An entry asked for and not received may be missing still:

@@ -101,11 +101,14 @@ func (h *heardSet) has(name PeerName, uid PeerUID, version uint64, bit uint64) b
 	return !newerRecord(digestEntry{UID: uid, Version: version}, r.uid, r.version)
 }
 
-// sweep forgets the records no note touched since the sweep before, so
-// that a mesh at rest keeps none: it is called every baseQuietInterval.
-func (h *heardSet) sweep() {
+// sweep forgets the records no note touched since the sweep before, and
+// those of versions we have (have gives our UID and version of an entry):
+// the announcements of those went long ago. A mesh at rest thus keeps
+// none. It is called every baseQuietInterval.
+func (h *heardSet) sweep(have func(PeerName) digestEntry) {
 	for name, r := range h.m {
-		if !r.fresh {
+		ours := have(name)
+		if !r.fresh || !newerRecord(digestEntry{UID: r.uid, Version: r.version}, ours.UID, ours.Version) {
 			delete(h.m, name)
 			continue
 		}

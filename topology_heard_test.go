@@ -82,16 +82,21 @@ func TestHeardSetReleaseForgetsTheNeighbour(t *testing.T) {
 func TestHeardSetSweep(t *testing.T) {
 	var h heardSet
 	a, b := h.acquire(), h.acquire()
+	ours := map[PeerName]digestEntry{3: {Name: 3, UID: 1, Version: 4}}
+	have := func(name PeerName) digestEntry { return ours[name] }
 	h.note(1, 1, 1, a)
 	h.note(2, 1, 1, a)
-	h.sweep()
-	require.Equal(t, 2, h.len(), "noted since the last sweep: kept")
+	h.note(3, 1, 5, a)
+	h.sweep(have)
+	require.Equal(t, 3, h.len(), "noted since the last sweep, and newer than ours: kept")
 	h.note(2, 1, 1, b)
-	h.sweep()
+	h.sweep(have)
 	require.Equal(t, 1, h.len(), "untouched for a whole sweep: dropped")
 	require.True(t, h.has(2, 1, 1, a))
-	h.sweep()
-	require.Zero(t, h.len())
+	h.note(3, 1, 6, b)
+	ours[3] = digestEntry{Name: 3, UID: 1, Version: 6}
+	h.sweep(have)
+	require.Zero(t, h.len(), "a version we have: its announcements went long ago")
 	require.Nil(t, h.m)
 }
 
@@ -137,7 +142,13 @@ func TestRouterNotesWhatNeighboursHave(t *testing.T) {
 		return r.Peers.topo.heard.has(testPeerName(name), uid, version, bit)
 	}
 	r.pullNewer(c, []digestEntry{rec(3, 33, 4)})
-	require.True(t, has(3, 33, 4), "announced")
+	require.True(t, has(3, 33, 4), "announced, newer than ours")
+	r.mergeUpdates(c, []peerUpdate{update(6, 66, 2)})
+	r.Peers.mu.Lock()
+	r.Peers.topo.heard.forget(testPeerName(6))
+	r.Peers.mu.Unlock()
+	r.pullNewer(c, []digestEntry{rec(6, 66, 2)})
+	require.False(t, has(6, 66, 2), "a version we have already is not worth remembering")
 	r.mergeUpdates(c, []peerUpdate{update(5, 55, 2, conn(2, true)), update(2, 22, 1, conn(5, true))})
 	require.True(t, has(5, 55, 2), "sent whole")
 	require.True(t, has(2, 22, 1))

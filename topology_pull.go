@@ -301,7 +301,6 @@ func (router *Router) pullNewer(c *LocalConnection, records []digestEntry) {
 		if e.Name == router.Ourself.Name && router.Peers.topo.raiseAbove(e) {
 			bumped = true
 		}
-		router.Peers.topo.heard.note(e.Name, e.UID, e.Version, c.heardBit)
 	}
 	if c.rs.cands == nil {
 		c.rs.cands = candidatesPool.get()
@@ -310,6 +309,12 @@ func (router *Router) pullNewer(c *LocalConnection, records []digestEntry) {
 		c.rs.pull = recordsPool.get()
 	}
 	c.rs.cands = router.Peers.topo.appendWanted(c.rs.cands[:0], records)
+	for _, w := range c.rs.cands {
+		// Only versions newer than ours are worth remembering: we may
+		// get them from another neighbour, and then not announce them
+		// to c.
+		router.Peers.topo.heard.note(w.announced.Name, w.announced.UID, w.announced.Version, c.heardBit)
+	}
 	c.rs.pull = router.pulls.appendClaimed(c.rs.pull[:0], c.rs.cands, c.remoteName, now, int64(router.pullTimeout()))
 	router.Peers.mu.Unlock()
 	if len(c.rs.pull) > 0 {
