@@ -107,7 +107,7 @@ func (router *Router) handleDigest(c *LocalConnection, payload []byte) error {
 	if err != nil {
 		return err
 	}
-	router.pullNewer(c, d)
+	router.pullNewer(c, d, false)
 	return nil
 }
 
@@ -118,7 +118,7 @@ func (router *Router) handleSync(c *LocalConnection, payload []byte) error {
 	if err != nil {
 		return err
 	}
-	router.pullNewer(c, d)
+	router.pullNewer(c, d, false)
 	c.q.pushDigest()
 	return nil
 }

@@ -284,22 +284,28 @@ func (router *Router) handleAnnounce(c *LocalConnection, payload []byte) error {
 	if err != nil {
 		return err
 	}
-	router.pullNewer(c, d)
+	router.pullNewer(c, d, true)
 	return nil
 }
 
 // pullNewer asks neighbour c for the entries of records (announced or
 // from its digest) newer than ours, but those already asked of another
-// neighbour less than pullTimeout ago.
+// neighbour less than pullTimeout ago. What c has is remembered (see
+// heardSet): every record it announced, as it got those versions just now
+// and we may be about to announce them too; of a digest, which lists every
+// entry, only the versions newer than ours.
 // A record of our own name from another incarnation of ours, or above our
 // version, makes us raise our version above it, as an entry would.
-func (router *Router) pullNewer(c *LocalConnection, records []digestEntry) {
+func (router *Router) pullNewer(c *LocalConnection, records []digestEntry, announced bool) {
 	now := time.Now().UnixNano()
 	router.Peers.mu.Lock()
 	bumped := false
 	for _, e := range records {
 		if e.Name == router.Ourself.Name && router.Peers.topo.raiseAbove(e) {
 			bumped = true
+		}
+		if announced {
+			router.Peers.topo.heard.note(e.Name, e.UID, e.Version, c.heardBit)
 		}
 	}
 	if c.rs.cands == nil {
@@ -310,10 +316,9 @@ func (router *Router) pullNewer(c *LocalConnection, records []digestEntry) {
 	}
 	c.rs.cands = router.Peers.topo.appendWanted(c.rs.cands[:0], records)
 	for _, w := range c.rs.cands {
-		// Only versions newer than ours are worth remembering: we may
-		// get them from another neighbour, and then not announce them
-		// to c.
-		router.Peers.topo.heard.note(w.announced.Name, w.announced.UID, w.announced.Version, c.heardBit)
+		if !announced { // announced records are noted above, all of them
+			router.Peers.topo.heard.note(w.announced.Name, w.announced.UID, w.announced.Version, c.heardBit)
+		}
 	}
 	c.rs.pull = router.pulls.appendClaimed(c.rs.pull[:0], c.rs.cands, c.remoteName, now, int64(router.pullTimeout()))
 	router.Peers.mu.Unlock()
