@@ -10,8 +10,9 @@ import "math/bits"
 // of each version from almost every neighbour, which costs more than the
 // entries themselves.
 //
-// A neighbour is known to have a version when it announced it, listed it
-// in a digest, or sent the entry. Neighbours are told apart by a bit of
+// A neighbour is known to have a version when it announced it, sent the
+// entry, or listed it in a digest (of a digest, which lists every entry,
+// only versions newer than ours are remembered). Neighbours are told apart by a bit of
 // their own (acquire); the first 64 connections get one, later ones none,
 // and are always announced to. Only the newest version heard of an entry
 // is remembered, with the neighbours that have it or newer: a newer one
@@ -102,8 +103,9 @@ func (h *heardSet) has(name PeerName, uid PeerUID, version uint64, bit uint64) b
 }
 
 // sweep forgets the records no note touched since the sweep before, and
-// those of versions we have (have gives our UID and version of an entry):
-// the announcements of those went long ago. A mesh at rest thus keeps
+// those of versions we have (have gives our UID and version of an entry),
+// whose announcements leave within the announce delay, a second at most:
+// forgetting one early costs an announcement. A mesh at rest thus keeps
 // none. It is called every baseQuietInterval.
 func (h *heardSet) sweep(have func(PeerName) digestEntry) {
 	for name, r := range h.m {

@@ -315,8 +315,8 @@ func (router *Router) pullNewer(c *LocalConnection, records []digestEntry, annou
 		c.rs.pull = recordsPool.get()
 	}
 	c.rs.cands = router.Peers.topo.appendWanted(c.rs.cands[:0], records)
-	for _, w := range c.rs.cands {
-		if !announced { // announced records are noted above, all of them
+	if !announced {
+		for _, w := range c.rs.cands {
 			router.Peers.topo.heard.note(w.announced.Name, w.announced.UID, w.announced.Version, c.heardBit)
 		}
 	}
