@@ -87,6 +87,9 @@ func newTopology(ourself *Peer, limits topologyLimits) *topology {
 		graph:            newPeerGraph(),
 		unreachableSince: make(map[PeerName]int64),
 		tombstones:       make(map[PeerName]tombstone),
+		// No more entries than the topology may hold are worth
+		// remembering.
+		heard: heardSet{limit: orInt(limits.MaxPeers, DefaultMaxPeers)},
 	}
 	t.put(ourself)
 	return t

@@ -12,17 +12,20 @@ import "math/bits"
 //
 // A neighbour is known to have a version when it announced it, sent the
 // entry, or listed it in a digest (of a digest, which lists every entry,
-// only versions newer than ours are remembered). Neighbours are told apart by a bit of
-// their own (acquire); the first 64 connections get one, later ones none,
-// and are always announced to. Only the newest version heard of an entry
-// is remembered, with the neighbours that have it or newer: a newer one
-// starts the set again. Forgetting is always safe; it costs an
-// announcement. Not safe for concurrent use: the topology's lock guards
-// it. Free of I/O and clocks.
+// only versions newer than ours are remembered). Neighbours are told
+// apart by a bit of their own (acquire); the first 64 connections get one,
+// later ones none, and are always announced to. Only the newest version
+// heard of an entry is remembered, with the neighbours that have it or
+// newer: a newer one starts the set again. Forgetting is always safe; it
+// costs an announcement, so at most limit entries are remembered, whatever
+// names neighbours make up. Not safe for concurrent use: the topology's
+// lock guards it. Free of I/O and clocks.
 type heardSet struct {
 	m map[PeerName]heardRecord
 	// used has a bit set for each neighbour given one.
 	used uint64
+	// limit bounds len(m); no bound when 0.
+	limit int
 }
 
 type heardRecord struct {
@@ -82,6 +85,9 @@ func (h *heardSet) note(name PeerName, uid PeerUID, version uint64, bit uint64) 
 		r.fresh = true
 	default:
 		return // known already, or older: says nothing of r's version
+	}
+	if !ok && h.limit > 0 && len(h.m) >= h.limit {
+		return
 	}
 	if h.m == nil {
 		h.m = make(map[PeerName]heardRecord)

@@ -158,3 +158,21 @@ func TestRouterNotesWhatNeighboursHave(t *testing.T) {
 	require.True(t, has(2, 22, 1))
 	require.False(t, has(5, 55, 3))
 }
+
+func TestHeardSetIsBounded(t *testing.T) {
+	h := heardSet{limit: 3}
+	a := h.acquire()
+	for name := PeerName(1); name <= 10; name++ {
+		h.note(name, 1, 1, a)
+	}
+	require.Equal(t, 3, h.len(), "names beyond the limit are not remembered")
+	require.True(t, h.has(1, 1, 1, a))
+	require.False(t, h.has(4, 1, 1, a), "a name left out is announced as usual")
+	h.note(2, 1, 7, a)
+	require.True(t, h.has(2, 1, 7, a), "names already remembered still follow their versions")
+
+	top := newTopology(&Peer{Name: 1, UID: 1}, topologyLimits{})
+	require.Equal(t, DefaultMaxPeers, top.heard.limit, "the topology bounds it by the peers it may hold")
+	top = newTopology(&Peer{Name: 1, UID: 1}, topologyLimits{MaxPeers: 50})
+	require.Equal(t, 50, top.heard.limit)
+}
