@@ -562,6 +562,10 @@ func (c *LocalConnection) sendBatch(batch *sendBatch, enc *topoEncoder, now time
 		out, scratch, err = c.appendDigestFrames(out, scratch, syncChannel, enc.digest(r.Peers))
 	case batch.digest:
 		out, scratch, err = c.appendDigestFrames(out, scratch, digestChannel, enc.digest(r.Peers))
+	case len(batch.syncAnswer) > 0:
+		// A whole digest, or a sync request, would say all this answer
+		// does: it is sent only alone.
+		out, scratch, err = c.appendDigestFrames(out, scratch, digestChannel, enc.digestRecords(batch.syncAnswer))
 	}
 	if err == nil && len(batch.answers) > 0 {
 		var whole []PeerName

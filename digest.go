@@ -1,6 +1,7 @@
 package mesh
 
 import (
+	"cmp"
 	"encoding/binary"
 	"fmt"
 	"slices"
@@ -112,13 +113,55 @@ func (router *Router) handleDigest(c *LocalConnection, payload []byte) error {
 }
 
 // handleSync answers a sync request from neighbour c: like a digest, and
-// with our own digest, so that c asks us for what it lacks.
+// with a digest of our own, so that c asks us for what it lacks. As the
+// request lists every entry c has, the answer lists only our entries that
+// c lacks or has older (see topology.appendUnlisted), and is not sent when
+// c lacks nothing: c acts on no other record of a digest, and a peer that
+// expected our whole digest does the same with this part of it.
 func (router *Router) handleSync(c *LocalConnection, payload []byte) error {
 	d, err := c.rs.parseDigest(payload)
 	if err != nil {
 		return err
 	}
+	if !slices.IsSortedFunc(d, compareDigestNames) {
+		slices.SortFunc(d, compareDigestNames)
+	}
+	answer := recordsPool.get()
+	router.Peers.mu.RLock()
+	answer = router.Peers.topo.appendUnlisted(answer, d)
+	router.Peers.mu.RUnlock()
 	router.pullNewer(c, d, false)
-	c.q.pushDigest()
+	if len(answer) > 0 {
+		c.q.pushSyncAnswer(answer)
+	}
+	recordsPool.put(answer)
 	return nil
+}
+
+func compareDigestNames(a, b digestEntry) int { return cmp.Compare(a.Name, b.Name) }
+
+// appendUnlisted appends the records of our entries, placeholders left
+// out, that the records d (sorted by name) do not list at the same
+// version of the same incarnation or a later one: what their sender
+// lacks or has older. An entry of another incarnation than the one listed
+// is appended whatever its version, as the sender may be that peer
+// itself, which raises its version above any other incarnation's.
+func (t *topology) appendUnlisted(out []digestEntry, d []digestEntry) []digestEntry {
+	i := 0
+	t.ascend(func(p *Peer) bool {
+		for i < len(d) && d[i].Name < p.Name {
+			i++
+		}
+		if p.isPlaceholder() {
+			return true
+		}
+		for j := i; j < len(d) && d[j].Name == p.Name; j++ {
+			if d[j].UID == p.UID && d[j].Version >= p.Version {
+				return true
+			}
+		}
+		out = append(out, digestEntry{Name: p.Name, UID: p.UID, Version: p.Version})
+		return true
+	})
+	return out
 }

@@ -51,6 +51,10 @@ type sendQueue struct {
 	// answers holds the records of pulls to answer: what the remote has
 	// of each entry it asked for.
 	answers []digestEntry
+	// syncAnswer holds the digest records that answer a sync request:
+	// those of our entries the remote lacks or has older (see
+	// Router.handleSync).
+	syncAnswer []digestEntry
 	// ownChanged asks for our own entry after a change of it (see
 	// pushOwnChange); our name in topo asks for it whole.
 	ownChanged bool
@@ -134,7 +138,7 @@ func (q *sendQueue) setStartWriter(start func()) {
 // emptyLocked reports whether nothing is queued; the caller holds mu.
 func (q *sendQueue) emptyLocked() bool {
 	return len(q.buf) == 0 && !q.topoFull && len(q.topo.names) == 0 && len(q.announce.names) == 0 && len(q.announceLater.names) == 0 &&
-		len(q.pull) == 0 && len(q.answers) == 0 && !q.ownChanged && !q.digest && !q.sync && !q.beat &&
+		len(q.pull) == 0 && len(q.answers) == 0 && len(q.syncAnswer) == 0 && !q.ownChanged && !q.digest && !q.sync && !q.beat &&
 		len(q.order) == 0
 }
 
@@ -233,6 +237,9 @@ func (q *sendQueue) pushAnswers(records []digestEntry) { q.pushRecords(&q.answer
 
 // pushPull queues a request for entries, given our records of them.
 func (q *sendQueue) pushPull(records []digestEntry) { q.pushRecords(&q.pull, records) }
+
+// pushSyncAnswer queues the digest records that answer a sync request.
+func (q *sendQueue) pushSyncAnswer(records []digestEntry) { q.pushRecords(&q.syncAnswer, records) }
 
 // pushRecords appends records to the list to, unless it holds
 // maxDigestRecords already.
@@ -356,6 +363,10 @@ func (b *sendBatch) release(idle bool) {
 		recordsPool.put(b.answers)
 		b.answers = nil
 	}
+	if idle || cap(b.syncAnswer) > smallBatch {
+		recordsPool.put(b.syncAnswer)
+		b.syncAnswer = nil
+	}
 	if idle {
 		*b = sendBatch{}
 		return
@@ -374,6 +385,7 @@ type sendBatch struct {
 	announce   []PeerName
 	later      bool // announce holds announcements of newer versions
 	answers    []digestEntry
+	syncAnswer []digestEntry
 	pull       []digestEntry
 	ownChanged bool
 	digest     bool
@@ -416,6 +428,7 @@ func (q *sendQueue) take(b *sendBatch, withTopology, withLater bool) (hasTopolog
 	hasTopology = q.topoFull || len(q.topo.names) > 0 || len(q.announce.names) > 0 || q.ownChanged || len(q.answers) > 0
 	hasLater = len(q.announceLater.names) > 0
 	b.pull, q.pull = q.pull, nil
+	b.syncAnswer, q.syncAnswer = q.syncAnswer, nil
 	b.digest, q.digest = q.digest, false
 	b.sync, q.sync = q.sync, false
 	b.beat, q.beat = q.beat, false
@@ -446,7 +459,7 @@ func (q *sendQueue) close() {
 	q.buf = nil
 	q.topo = nameSet{}
 	q.announce, q.announceLater = nameSet{}, nameSet{}
-	q.answers = nil
+	q.answers, q.syncAnswer = nil, nil
 	q.gossip = nil
 	q.order = nil
 	if q.spaceWait != nil {
