@@ -1,8 +1,9 @@
 // Command meshbench compares github.com/gossip-mesh/mesh with
 // github.com/hashicorp/memberlist on one machine, over 127.0.0.1: how fast
-// clusters form, how fast broadcasts spread, how much one connection
-// carries, what an idle cluster costs, and how mesh scales to a thousand
-// routers. See bench/README.md.
+// clusters form, how fast broadcasts spread, what one change of a
+// connection costs mesh's peers, how much one connection carries, what an
+// idle cluster costs, and how mesh scales to a thousand routers. See
+// bench/README.md.
 //
 // Usage:
 //
@@ -50,7 +51,7 @@ type config struct {
 }
 
 // allScenarios lists the scenarios in the order they run.
-var allScenarios = []string{"formation", "broadcast", "limit", "unicast", "idle", "scale"}
+var allScenarios = []string{"formation", "broadcast", "update", "limit", "unicast", "idle", "scale"}
 
 // childFlag is the hidden flag that makes the command a child process.
 const childFlag = "child"
@@ -79,9 +80,9 @@ func main() {
 // its own (the hidden child flag), which the usage text leaves out.
 func parseFlags(fs *flag.FlagSet, args []string) (*config, error) {
 	var (
-		scenarios  = fs.String("scenarios", strings.Join(allScenarios, ","), "comma-separated scenarios: formation, broadcast, unicast, limit, idle, scale")
+		scenarios  = fs.String("scenarios", strings.Join(allScenarios, ","), "comma-separated scenarios: formation, broadcast, update, unicast, limit, idle, scale")
 		systems    = fs.String("systems", "mesh,memberlist", "comma-separated systems: mesh, memberlist")
-		sizes      = fs.String("n", "10,30,60,100,200", "cluster sizes of the formation and broadcast scenarios")
+		sizes      = fs.String("n", "10,30,60,100,200", "cluster sizes of the formation, broadcast and update scenarios")
 		bootstraps = fs.String("bootstrap", "star,ring", "formation bootstraps: star, ring")
 		duration   = fs.Duration("duration", 5*time.Second, "measured length of each throughput run (unicast, limit)")
 		idle       = fs.Duration("idle", 30*time.Second, "length of the idle window")

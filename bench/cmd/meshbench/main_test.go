@@ -109,3 +109,26 @@ func TestEvaluateTargets(t *testing.T) {
 		t.Errorf("targets: %v", got)
 	}
 }
+
+func TestUpdateTarget(t *testing.T) {
+	r := func(n int, bytes float64) harness.UpdateResult {
+		return harness.UpdateResult{N: n, EntryBytesPerPeer: bytes, Quiet: true}
+	}
+	for _, c := range []struct {
+		rs   []harness.UpdateResult
+		met  string
+		none bool
+	}{
+		{rs: []harness.UpdateResult{r(200, 700), r(10, 670)}, met: "yes"},
+		{rs: []harness.UpdateResult{r(10, 670), r(30, 900), r(200, 6000)}, met: "no"},
+		{rs: []harness.UpdateResult{r(10, 670), {N: 200, EntryBytesPerPeer: 670}}, met: "no"}, // not quiet
+		{rs: []harness.UpdateResult{r(10, 670), {N: 30, Error: "formation timed out"}}, met: "no"},
+		{rs: []harness.UpdateResult{r(10, 670), r(30, 670)}, none: true}, // sizes too close to judge
+		{none: true},
+	} {
+		tg, ok := updateTarget(c.rs)
+		if ok == c.none || (ok && tg.Met != c.met) {
+			t.Errorf("%+v: %+v %v", c.rs, tg, ok)
+		}
+	}
+}

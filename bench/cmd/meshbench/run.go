@@ -40,6 +40,7 @@ type Results struct {
 	Quick     bool                      `json:"quick"`
 	Formation []harness.FormationResult `json:"formation,omitempty"`
 	Broadcast []harness.BroadcastResult `json:"broadcast,omitempty"`
+	Update    []harness.UpdateResult    `json:"update,omitempty"`
 	Limit     []harness.LimitResult     `json:"limit,omitempty"`
 	Unicast   []harness.UnicastResult   `json:"unicast,omitempty"`
 	Idle      []harness.IdleResult      `json:"idle,omitempty"`
@@ -80,6 +81,8 @@ func run(cfg *config) error {
 			t = runFormation(cfg, res)
 		case "broadcast":
 			t = runBroadcast(cfg, res)
+		case "update":
+			t = runUpdate(cfg, res)
 		case "limit":
 			t = runLimit(cfg, res)
 		case "unicast":
@@ -230,6 +233,35 @@ func runBroadcast(cfg *config, res *Results) *table {
 		}
 	}
 	t.note("complete: messages that reached every other peer within %s; delivered: share of (message, peer) pairs. Sent %s after formation.", stats.Duration(o.Timeout), stats.Duration(o.Settle))
+	return t
+}
+
+func runUpdate(cfg *config, res *Results) *table {
+	o := harness.DefaultUpdateOptions
+	o.FormationTimeout = cfg.timeout
+	t := &table{
+		title:  "update (mesh only): star of N without peer discovery, then a newcomer connects to the hub; what each leaf receives",
+		header: []string{"N", "hub connections", "entries and deltas per leaf", "digests per leaf", "reached every leaf", "status"},
+	}
+	for _, n := range cfg.sizes {
+		progress("update N=%d", n)
+		r := harness.Update(n, o)
+		res.Update = append(res.Update, r)
+		st := "ok"
+		switch {
+		case r.Error != "":
+			st = "error: " + r.Error
+		case !r.Quiet:
+			st = "traffic did not stop"
+		}
+		if r.Error != "" {
+			t.add(fmt.Sprint(n), fmt.Sprintf("%d to %d", n-1, n), "-", "-", "-", st)
+			continue
+		}
+		t.add(fmt.Sprint(n), fmt.Sprintf("%d to %d", n-1, n), stats.Bytes(r.EntryBytesPerPeer), stats.Bytes(r.DigestBytesPerPeer),
+			stats.Duration(time.Duration(r.Seconds*float64(time.Second)).Round(time.Microsecond)), st)
+	}
+	t.note("received from the newcomer's start until the hub's new connection reached every leaf and the leaves received nothing for %s. Entries and deltas: the hub's change and the newcomer's entry; sent whole, the hub's entry alone would grow by about 30 bytes per connection. Digests: announcements, pulls, and any anti-entropy digest that fell in the window.", stats.Duration(o.Quiet))
 	return t
 }
 

@@ -112,6 +112,9 @@ func evaluateTargets(res *Results) []Target {
 			})
 		}
 	}
+	if t, ok := updateTarget(res.Update); ok {
+		out = append(out, t)
+	}
 	for _, r := range res.Idle {
 		if r.System != harness.Mesh || r.N != 60 {
 			continue
@@ -127,6 +130,35 @@ func evaluateTargets(res *Results) []Target {
 			})
 	}
 	return out
+}
+
+// updateTarget compares what one connection change cost each leaf at the
+// smallest and the largest N measured: it must not grow by more than a
+// quarter plus 256 bytes, where the whole entry of the hub grows by about
+// 30 bytes per connection. It needs two sizes, the larger at least four
+// times the smaller.
+func updateTarget(rs []harness.UpdateResult) (Target, bool) {
+	var lo, hi *harness.UpdateResult
+	for i := range rs {
+		r := &rs[i]
+		if r.Error != "" {
+			return Target{Name: "update for one connection change", Goal: "does not grow with N", Measured: fmt.Sprintf("N=%d: %s", r.N, r.Error), Met: "no"}, true
+		}
+		if lo == nil || r.N < lo.N {
+			lo = r
+		}
+		if hi == nil || r.N > hi.N {
+			hi = r
+		}
+	}
+	if lo == nil || hi.N < 4*lo.N {
+		return Target{}, false
+	}
+	return Target{
+		Name: "update for one connection change", Goal: "does not grow with N",
+		Measured: fmt.Sprintf("%s per peer at N=%d, %s at N=%d", stats.Bytes(lo.EntryBytesPerPeer), lo.N, stats.Bytes(hi.EntryBytesPerPeer), hi.N),
+		Met:      yesNo(lo.Quiet && hi.Quiet && hi.EntryBytesPerPeer <= 1.25*lo.EntryBytesPerPeer+256),
+	}, true
 }
 
 func targetTable(ts []Target) *table {

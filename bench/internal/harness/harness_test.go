@@ -101,3 +101,23 @@ func TestFormationSmoke(t *testing.T) {
 		}
 	}
 }
+
+// TestUpdateSmoke measures one connection change in stars of 5 and 20.
+func TestUpdateSmoke(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts clusters")
+	}
+	for _, n := range []int{5, 20} {
+		res := Update(n, DefaultUpdateOptions)
+		t.Logf("%+v", res)
+		if res.Error != "" || !res.Quiet || res.Seconds <= 0 {
+			t.Fatalf("N=%d: %+v", n, res)
+		}
+		if res.EntryBytesPerPeer <= 0 {
+			t.Errorf("N=%d: the leaves received no entry for the change", n)
+		}
+	}
+	if res := Update(1, DefaultUpdateOptions); res.Error == "" {
+		t.Errorf("a star of one: %+v", res)
+	}
+}

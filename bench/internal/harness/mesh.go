@@ -43,6 +43,9 @@ type meshOptions struct {
 	Password []byte
 	// Seed seeds the Sparse bootstrap.
 	Seed uint64
+	// NoDiscovery turns peer discovery off, so that the routers keep the
+	// connections of the bootstrap alone.
+	NoDiscovery bool
 	// Gossiper, when not nil, returns the Gossiper registered on the
 	// channel "bench" of router i.
 	Gossiper func(i int) mesh.Gossiper
@@ -148,7 +151,7 @@ func (c *meshCluster) add(i int, o meshOptions) error {
 		Port:          0,
 		Password:      o.Password,
 		ConnLimit:     o.ConnLimit,
-		PeerDiscovery: true,
+		PeerDiscovery: !o.NoDiscovery,
 		Transport:     tr,
 		// Every peer of the benchmark dials from 127.0.0.1: the cap on
 		// handshakes in progress per remote address, meant for one host,
