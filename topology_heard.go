@@ -11,8 +11,8 @@ import "math/bits"
 // entries themselves.
 //
 // A neighbour is known to have a version when it announced it, sent the
-// entry, or listed it in a digest (of a digest, which lists every entry,
-// only versions newer than ours are remembered). Neighbours are told
+// entry, or listed it in a digest (of a digest, which may list every
+// entry, only versions newer than ours are remembered). Neighbours are told
 // apart by a bit of their own (acquire); the first 64 connections get one,
 // later ones none, and are always announced to. Only the newest version
 // heard of an entry is remembered, with the neighbours that have it or

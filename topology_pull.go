@@ -292,8 +292,8 @@ func (router *Router) handleAnnounce(c *LocalConnection, payload []byte) error {
 // from its digest) newer than ours, but those already asked of another
 // neighbour less than pullTimeout ago. What c has is remembered (see
 // heardSet): every record it announced, as it got those versions just now
-// and we may be about to announce them too; of a digest, which lists every
-// entry, only the versions newer than ours.
+// and we may be about to announce them too; of a digest, which may list
+// every entry, only the versions newer than ours.
 // A record of our own name from another incarnation of ours, or above our
 // version, makes us raise our version above it, as an entry would.
 func (router *Router) pullNewer(c *LocalConnection, records []digestEntry, announced bool) {
