@@ -26,10 +26,14 @@ type LocalConnection struct {
 	br     *bufio.Reader
 	// readTimeout bounds the arrival of each frame once the handshake is
 	// over; readArmed is when its deadline was last set (see
-	// armReadDeadline). Only the reading goroutine uses them.
+	// armReadDeadline), and readerSince when the reading goroutine
+	// started (see readLoop). Only the reading goroutine uses them.
 	readTimeout time.Duration
 	readArmed   time.Time
-	outbound    bool
+	readerSince time.Time
+	// readers counts the reading goroutines the connection has had.
+	readers  atomic.Uint32
+	outbound bool
 	// remoteTCPAddr is what our topology entry says about this connection:
 	// the dialled address when outbound, the remote's address (with its
 	// listening port when it told us) when inbound.
@@ -154,8 +158,7 @@ func (c *LocalConnection) shutdown(err error) {
 // Setting a deadline costs a little, so while frames keep coming it is
 // moved at most four times per timeout: a frame then has at least three
 // quarters of the timeout to arrive.
-func (c *LocalConnection) armReadDeadline() {
-	now := time.Now()
+func (c *LocalConnection) armReadDeadline(now time.Time) {
 	if now.Sub(c.readArmed) < c.readTimeout/4 {
 		return
 	}
@@ -167,7 +170,7 @@ func (c *LocalConnection) armReadDeadline() {
 
 // run is the connection's first goroutine: handshake and registration
 // with the router. Once registered, the read loop goes on in a goroutine
-// of its own, started by run just before it returns (see readOn). It
+// of its own, started by run just before it returns (see Router.startReader). It
 // reports whether it did.
 func (c *LocalConnection) run() bool {
 	r := c.router
@@ -193,14 +196,15 @@ func (c *LocalConnection) run() bool {
 	return false
 }
 
-// readOn is the reading goroutine of a registered connection. It is not
-// the goroutine that ran the handshake: the key exchange needs a deep
-// stack, which the goroutine would keep for the life of the connection
-// (blocked in a read, it uses too much of it for the runtime to halve it).
-// A goroutine of its own starts small and grows only as reading needs.
-func (c *LocalConnection) readOn() {
+// readerEnded is called by the reading goroutine when readLoop returned
+// err: it starts the next reading goroutine when err is errFreshReader,
+// and otherwise winds the connection up.
+func (c *LocalConnection) readerEnded(err error) {
 	r := c.router
-	err := c.readLoop()
+	if err == errFreshReader {
+		r.startReader(c)
+		return
+	}
 	c.reader.close()
 	r.removeConnection(c)
 	// What the remote was heard to have is forgotten, and its bit is
@@ -211,6 +215,7 @@ func (c *LocalConnection) readOn() {
 	r.Peers.mu.Unlock()
 	r.metrics.dropped.Add(1)
 	c.ended(err)
+	r.forget(c)
 }
 
 // ended shuts the connection down and reports how it ended.
@@ -331,6 +336,24 @@ func (c *LocalConnection) handshake() error {
 // peers accepting our connections can report an address others can dial.
 const featureListenPort = "ListenPort"
 
+// readerRenewal is how long a connection's reading goroutine runs at least
+// before it hands over to a new one (see readLoop).
+const readerRenewal = 2 * time.Second
+
+// errFreshReader ends a read loop that hands over to a new goroutine.
+var errFreshReader = errors.New("mesh: reading goes on in a new goroutine")
+
+// readLoop reads and handles frames until the connection ends, or until it
+// returns errFreshReader to have the reading go on in a new goroutine.
+//
+// Handling a frame (decrypting it, merging topology) grows the reading
+// goroutine's stack, and the runtime never shrinks the stack of a
+// goroutine parked in a read below twice the smallest size: the read's
+// own frames are too deep a part of it. So when the connection falls
+// quiet, a goroutine that has run for readerRenewal hands over to a new
+// one, which waits on the smallest stack. Over thousands of mostly quiet
+// connections that halves the memory of their stacks, for the cost of
+// one goroutine start per connection every few seconds at most.
 func (c *LocalConnection) readLoop() error {
 	if c.first != nil {
 		first := c.first
@@ -340,7 +363,11 @@ func (c *LocalConnection) readLoop() error {
 		}
 	}
 	for {
-		c.armReadDeadline()
+		now := time.Now()
+		c.armReadDeadline(now)
+		if c.reader.drained() && now.Sub(c.readerSince) >= readerRenewal {
+			return errFreshReader
+		}
 		// Wait for the next bytes here, near the bottom of the stack: a
 		// quiet connection's goroutine then uses little of its stack, and
 		// the runtime can shrink it.

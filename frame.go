@@ -164,13 +164,18 @@ func (r *frameReader) useStream(rd io.Reader) {
 	r.br = r.stream
 }
 
+// drained reports whether the next frame must wait for bytes to arrive.
+func (r *frameReader) drained() bool {
+	return r.stream != nil && r.err == nil && r.stream.Buffered() == 0
+}
+
 // wait blocks until bytes arrive when none are buffered; an error stays
 // in the stream, for readFrame to return. Before it blocks, it gives the
 // frame buffers back to the pools: the connection may stay quiet for long
 // (a heartbeat interval), and a mesh has thousands of them; taking
 // buffers again from the pools when the next frame comes costs little.
 func (r *frameReader) wait() {
-	if r.stream != nil && r.err == nil && r.stream.Buffered() == 0 {
+	if r.drained() {
 		r.releaseBuffers()
 		_ = r.stream.fill(1)
 	}

@@ -59,6 +59,19 @@ func (peers *Peers) view() *peersView {
 	return v
 }
 
+// dropStaleView forgets the snapshot when the table has changed since it
+// was taken: a snapshot keeps alive the entries it was taken with, which
+// may all have been replaced, and nothing may take a new one for long (the
+// connection maker looks only while it dials, users may never). The next
+// view takes a new one.
+func (peers *Peers) dropStaleView() {
+	peers.snapMu.Lock()
+	if v := peers.snap.Load(); v != nil && v.gen != peers.topo.published.Load() {
+		peers.snap.Store(nil)
+	}
+	peers.snapMu.Unlock()
+}
+
 func newPeers(ourself *Peer, limits topologyLimits) *Peers {
 	return &Peers{topo: newTopology(ourself, limits)}
 }

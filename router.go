@@ -1,6 +1,7 @@
 package mesh
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/binary"
@@ -162,6 +163,7 @@ type Router struct {
 	ownMu    sync.Mutex
 	channels map[string]*gossipChannel
 	conns    map[PeerName]*LocalConnection
+	connList []*LocalConnection            // conns, sorted by name (see connsChanged)
 	pending  map[*LocalConnection]struct{} // every connection not yet ended
 	started  bool
 	stopped  bool
@@ -174,15 +176,17 @@ type Router struct {
 	recent *recentSet
 	// pulls are the topology entries asked of neighbours; guarded by
 	// Peers.mu.
-	pulls       pullsInFlight
-	rndMu       sync.Mutex
-	rnd         *mrand.Rand
-	topoChanged chan struct{}
-	stop        chan struct{}
-	ctx         context.Context
-	cancel      context.CancelFunc
-	stopOnce    sync.Once
-	wg          sync.WaitGroup
+	pulls pullsInFlight
+	// entryHeldFunc is entryHeld, made once (see handleTopology).
+	entryHeldFunc func(peerSummary) bool
+	rndMu         sync.Mutex
+	rnd           *mrand.Rand
+	topoChanged   chan struct{}
+	stop          chan struct{}
+	ctx           context.Context
+	cancel        context.CancelFunc
+	stopOnce      sync.Once
+	wg            sync.WaitGroup
 }
 
 // NewRouter creates a router named name. It checks the configuration and
@@ -251,6 +255,7 @@ func NewRouter(config Config, name PeerName, nickName string, overlay Overlay, l
 	r.Ourself = &LocalPeer{Name: name, NickName: nickName, UID: PeerUID(uid), router: r}
 	r.Peers = newPeers(ourself, r.limits)
 	r.Routes = newRoutes(r.Peers)
+	r.entryHeldFunc = r.entryHeld
 	r.ConnectionMaker = newConnectionMaker(r)
 	r.warnWeakPassword()
 	return r, nil
@@ -532,12 +537,29 @@ func (router *Router) runConnection(c *LocalConnection) {
 		router.forget(c)
 		return
 	}
-	router.wg.Add(1) // the caller's goroutine counts still: Stop cannot have returned
-	go func() {
-		defer router.wg.Done()
-		c.readOn()
-		router.forget(c)
-	}()
+	router.startReader(c)
+}
+
+// startReader starts c's reading goroutine. The caller must be a goroutine
+// the router waits for: Stop cannot have returned.
+//
+// The reading goroutine is not the one that ran the handshake: the key
+// exchange needs a deep stack, which the goroutine would keep for the life
+// of the connection. A goroutine of its own starts on the smallest stack,
+// and grows only as reading needs (see readLoop).
+func (router *Router) startReader(c *LocalConnection) {
+	router.wg.Add(1)
+	go router.runReader(c)
+}
+
+// runReader is a reading goroutine. It, and readLoop under it, keep their
+// frames small: a quiet connection's goroutine waits for its next frame
+// below them, and the whole chain must fit in the smallest stack.
+func (router *Router) runReader(c *LocalConnection) {
+	defer router.wg.Done()
+	c.readerSince = time.Now()
+	c.readers.Add(1)
+	c.readerEnded(c.readLoop())
 }
 
 func (router *Router) forget(c *LocalConnection) {
@@ -572,6 +594,7 @@ func (router *Router) addConnection(c *LocalConnection) error {
 		return fmt.Errorf("%w (limit %d)", ErrConnLimit, limit)
 	}
 	router.conns[c.remoteName] = c
+	router.connsChanged()
 	established := overlayEstablished(c.overlayConn)
 	c.established.Store(established)
 	others := router.otherConnections(c)
@@ -684,6 +707,7 @@ func (router *Router) removeConnection(c *LocalConnection) {
 		return
 	}
 	delete(router.conns, c.remoteName)
+	router.connsChanged()
 	router.mu.Unlock()
 	router.terminations.Add(1)
 	router.ourConnectionsChanged(nil)
@@ -744,10 +768,24 @@ func (router *Router) connectionTo(name PeerName) *LocalConnection {
 	return router.conns[name]
 }
 
+// connections returns our connections, in the order of the remotes'
+// names. The list is shared: it must not be modified.
 func (router *Router) connections() []*LocalConnection {
 	router.mu.RLock()
 	defer router.mu.RUnlock()
-	return router.otherConnections(nil)
+	return router.connList
+}
+
+// connsChanged rebuilds connList after a change of conns; the caller holds
+// mu. Every relayed message walks our connections, and they change seldom:
+// the list is built once per change rather than once per message.
+func (router *Router) connsChanged() {
+	list := make([]*LocalConnection, 0, len(router.conns))
+	for _, c := range router.conns {
+		list = append(list, c)
+	}
+	slices.SortFunc(list, func(a, b *LocalConnection) int { return cmp.Compare(a.remoteName, b.remoteName) })
+	router.connList = list
 }
 
 func (router *Router) trusts(addr net.Addr) bool {
@@ -864,6 +902,7 @@ func (router *Router) topologyLoop() {
 			gcArmed = true
 		}
 		router.ConnectionMaker.topologyChanged()
+		router.Peers.dropStaleView()
 		// While changes keep coming, run this pass no more often than ten
 		// times what it costs, so that a large mesh in turmoil spends at
 		// most a tenth of a core on it. The cost is measured on the
@@ -1028,13 +1067,30 @@ func clone(b []byte) []byte { return append([]byte(nil), b...) }
 // handleTopology merges a topology update received on c and passes on to
 // the other neighbours what was new.
 func (router *Router) handleTopology(c *LocalConnection, payload []byte) error {
-	updates, err := appendDecodedTopology(updatesPool.get(), payload, router.limits)
+	updates, err := appendDecodedTopology(updatesPool.get(), payload, router.limits, router.entryHeldFunc)
 	if err != nil {
 		return err
 	}
 	router.mergeUpdates(c, updates)
 	updatesPool.put(updates)
 	return nil
+}
+
+// entryHeld reports whether s is no newer than the entry we hold for its
+// peer, or is ours: the decoder then skips its connections. It is called
+// for every entry received, so it does not wait for the lock: while a
+// merge holds it, every entry is decoded whole.
+func (router *Router) entryHeld(s peerSummary) bool {
+	if s.Name == router.Ourself.Name {
+		return true
+	}
+	if !router.Peers.mu.TryRLock() {
+		return false
+	}
+	p := router.Peers.topo.get(s.Name)
+	held := p != nil && !p.isPlaceholder() && !s.newerThan(p)
+	router.Peers.mu.RUnlock()
+	return held
 }
 
 // mergeUpdates merges topology entries received on c and passes on to the
@@ -1061,7 +1117,8 @@ func (router *Router) mergeUpdates(c *LocalConnection, updates []peerUpdate) {
 	router.metrics.topologyUpdates.Add(uint64(len(res.changed)))
 	if len(res.changed) > 0 {
 		now := time.Now().UnixNano()
-		rc := router.Peers.topo.newRelayContext(c.remoteName, neighbours)
+		rc := &sc.rc
+		router.Peers.topo.initRelayContext(rc, c.remoteName, neighbours)
 		for i, x := range res.changed {
 			if p := router.Peers.topo.get(x); p != nil {
 				if o, ok := router.pulls.received(p, now); ok {
@@ -1126,6 +1183,7 @@ type relayScratch struct {
 	neighbours   []PeerName
 	relay, later [][]PeerName
 	targets      []int
+	rc           relayContext
 }
 
 var relayScratchPool = sync.Pool{New: func() any { return new(relayScratch) }}
@@ -1149,6 +1207,7 @@ func (sc *relayScratch) reset(n int) []PeerName {
 // release gives the lists back to the pool, unless a burst made them
 // large.
 func (sc *relayScratch) release() {
+	sc.rc.reset()
 	kept := 0
 	for _, l := range [][][]PeerName{sc.relay, sc.later} {
 		for _, names := range l {

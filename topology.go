@@ -2,6 +2,8 @@ package mesh
 
 import (
 	"math"
+	"slices"
+	"strings"
 	"sync/atomic"
 
 	"github.com/google/btree"
@@ -59,6 +61,11 @@ type topology struct {
 	// withBases lists the entries that keep delta bases (see
 	// dropQuietBases); nil until one does.
 	withBases map[PeerName]basesRecord
+
+	// addrs holds, per remote peer, the address last seen in an entry's
+	// connection to it: the entries share it (see shareStrings). Bounded
+	// like the entries.
+	addrs map[PeerName]string
 }
 
 type tombstone struct {
@@ -86,6 +93,7 @@ func newTopology(ourself *Peer, limits topologyLimits) *topology {
 		limits:           limits,
 		graph:            newPeerGraph(),
 		unreachableSince: make(map[PeerName]int64),
+		addrs:            make(map[PeerName]string),
 		tombstones:       make(map[PeerName]tombstone),
 		// No more entries than the topology may hold are worth
 		// remembering.
@@ -116,6 +124,7 @@ func (t *topology) remove(p *Peer) {
 	t.peers.Delete(p)
 	delete(t.byName, p.Name)
 	delete(t.withBases, p.Name)
+	delete(t.addrs, p.Name)
 	t.heard.forget(p.Name)
 	t.graph.remove(p.Name)
 	t.gen++
@@ -238,15 +247,27 @@ func (t *topology) apply(updates []peerUpdate) mergeResult {
 		} else if !u.newerThan(existing) {
 			continue
 		}
+		if u.connsSkipped {
+			// Held when decoded, but gone since (see
+			// Router.entryHeld): the entry comes again with the next
+			// digest or announcement.
+			continue
+		}
 		conns := sortConnections(u.Connections)
 		if t.limits.MaxConnections > 0 && len(conns) > t.limits.MaxConnections {
 			continue // decoders refuse these; nothing else may add one
+		}
+		if len(conns) < cap(conns)-cap(conns)/8 {
+			// Entries are kept for long: not with room to spare (a
+			// delta's list has room for the connections it replaced).
+			conns = slices.Clone(conns)
 		}
 		p := &Peer{
 			Name: u.Name, NickName: u.NickName, UID: u.UID, Version: u.Version,
 			ShortID: u.ShortID, HasShortID: u.HasShortID,
 			conns: conns,
 		}
+		t.shareStrings(p, existing)
 		if existing != nil && existing.UID == p.UID && len(conns) >= deltaMinConns {
 			p.prev = existing.withPrevs(deltaBases - 1)
 			t.recordBases(p)
@@ -262,6 +283,38 @@ func (t *topology) apply(updates []peerUpdate) mergeResult {
 		}
 	}
 	return res
+}
+
+// shareStrings makes a new entry share its strings with those held: the
+// nickname with the entry it replaces, and each connection's address with
+// the address held for its remote, which every entry with a connection to
+// that peer reports (its listening address) but for inbound connections
+// of peers that do not tell theirs. A string held nowhere yet is copied
+// on its own, so that nothing kept points into the block the decoder
+// allocated for the entry's strings (see setStrings). p is not published
+// yet.
+func (t *topology) shareStrings(p, existing *Peer) {
+	if existing != nil && existing.NickName == p.NickName {
+		p.NickName = existing.NickName
+	} else {
+		p.NickName = strings.Clone(p.NickName)
+	}
+	limit := orInt(t.limits.MaxPeers, DefaultMaxPeers)
+	for i := range p.conns {
+		c := &p.conns[i]
+		if c.RemoteTCPAddr == "" {
+			continue
+		}
+		held, ok := t.addrs[c.Name]
+		if ok && held == c.RemoteTCPAddr {
+			c.RemoteTCPAddr = held
+			continue
+		}
+		c.RemoteTCPAddr = strings.Clone(c.RemoteTCPAddr)
+		if ok || len(t.addrs) < limit {
+			t.addrs[c.Name] = c.RemoteTCPAddr
+		}
+	}
 }
 
 // addPlaceholder adds a peer known only by name, and records it in res.
@@ -348,14 +401,29 @@ type relayContext struct {
 }
 
 func (t *topology) newRelayContext(from PeerName, neighbours []PeerName) *relayContext {
-	rc := &relayContext{t: t, from: from, names: neighbours, neighbours: make([]*Peer, len(neighbours)), skip: make([]bool, len(neighbours))}
+	rc := new(relayContext)
+	t.initRelayContext(rc, from, neighbours)
+	return rc
+}
+
+// initRelayContext readies rc, reusing its lists, for entries received
+// from from.
+func (t *topology) initRelayContext(rc *relayContext, from PeerName, neighbours []PeerName) {
+	rc.t, rc.from, rc.names = t, from, neighbours
+	rc.neighbours = slices.Grow(rc.neighbours[:0], len(neighbours))[:len(neighbours)]
+	rc.skip = slices.Grow(rc.skip[:0], len(neighbours))[:len(neighbours)]
 	fromPeer := t.get(from)
 	for i, n := range neighbours {
 		p := t.get(n)
 		rc.neighbours[i] = p
 		rc.skip[i] = n == from || adjacentPeers(p, fromPeer)
 	}
-	return rc
+}
+
+// reset drops what rc points to, keeping its lists.
+func (rc *relayContext) reset() {
+	clear(rc.neighbours)
+	rc.t, rc.names, rc.neighbours, rc.skip = nil, nil, rc.neighbours[:0], rc.skip[:0]
 }
 
 // targets returns the neighbours an entry of x is passed on to.

@@ -223,6 +223,15 @@ func (p *pullsInFlight) forget(name PeerName) {
 	p.dropIfEmpty()
 }
 
+// dropIdle drops the map when empty, whatever its size. It is called once
+// per digest interval: a quiet router then holds no map, and one that
+// pulls keeps its map from one request to the next.
+func (p *pullsInFlight) dropIdle() {
+	if len(p.m) == 0 {
+		p.m, p.peak = nil, 0
+	}
+}
+
 // dropIfEmpty drops the map once empty, if it grew large.
 func (p *pullsInFlight) dropIfEmpty() {
 	if len(p.m) == 0 && p.peak > keepPulls {
@@ -388,11 +397,13 @@ func (router *Router) pullTimeout() time.Duration {
 
 // expirePulls forgets requests that were not answered in time, so that
 // the entries can be asked of another neighbour, and reports whether there
-// were any.
+// were any. It runs every digest interval, and then drops the map of
+// requests if there are none left (see dropIdle).
 func (router *Router) expirePulls() bool {
 	var orders []pullOrder
 	router.Peers.mu.Lock()
 	n := router.pulls.expireOrders(time.Now().UnixNano(), int64(router.pullTimeout()), router.Peers.topo.record, &orders)
+	router.pulls.dropIdle()
 	router.Peers.mu.Unlock()
 	router.sendPulls(orders)
 	return n > 0

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"testing"
+	"unsafe"
 
 	"github.com/stretchr/testify/require"
 )
@@ -241,4 +242,81 @@ func TestGCWithRoutesMatchesSearch(t *testing.T) {
 		b.setOurConnections(nil)
 		require.Equal(t, names(a.gc(1, 0)), names(b.gcWith(1, 0, append(reach, 0))))
 	}
+}
+
+// An update the decoder skipped the connections of is not applied, even
+// when the entry it was held against has gone since.
+func TestTopologyIgnoresSkippedEntries(t *testing.T) {
+	tp := newTestTopology(0)
+	u := update(1, 11, 3, conn(0, true))
+	u.Connections, u.connsSkipped = nil, true
+	res := tp.apply([]peerUpdate{u})
+	require.Empty(t, res.changed)
+	require.Nil(t, tp.get(testPeerName(1)))
+}
+
+// Entries share the strings held already: each connection's address with
+// every other connection to the same peer, and the nickname with the
+// entry replaced. What is kept never points into the decoder's blocks.
+func TestTopologyEntriesShareStrings(t *testing.T) {
+	tp := newTestTopology(0)
+	b := appendTopology(nil, []peerUpdate{
+		update(1, 11, 1, conn(3, true), conn(4, true)),
+		update(2, 12, 1, conn(3, true), conn(4, false)),
+	})
+	ups, err := decodeTopology(b, testLimits)
+	require.NoError(t, err)
+	nickInBlock := unsafe.StringData(ups[0].NickName)
+	addrInBlock := unsafe.StringData(ups[0].Connections[0].RemoteTCPAddr)
+	tp.apply(ups)
+	p1, p2 := tp.get(testPeerName(1)), tp.get(testPeerName(2))
+	for i := range 2 {
+		require.Equal(t, p1.conns[i].RemoteTCPAddr, p2.conns[i].RemoteTCPAddr)
+		require.Same(t, unsafe.StringData(p1.conns[i].RemoteTCPAddr), unsafe.StringData(p2.conns[i].RemoteTCPAddr))
+	}
+	require.Equal(t, "p1", p1.NickName)
+	require.NotSame(t, nickInBlock, unsafe.StringData(p1.NickName), "the nickname is copied out of the decoded block")
+	require.NotSame(t, addrInBlock, unsafe.StringData(p1.conns[0].RemoteTCPAddr), "the address is copied out of the decoded block")
+
+	nick := unsafe.StringData(p1.NickName)
+	b = appendTopology(nil, []peerUpdate{update(1, 11, 2, conn(3, true))})
+	ups, err = decodeTopology(b, testLimits)
+	require.NoError(t, err)
+	tp.apply(ups)
+	p1 = tp.get(testPeerName(1))
+	require.Equal(t, uint64(2), p1.Version)
+	require.Same(t, nick, unsafe.StringData(p1.NickName))
+	require.Same(t, unsafe.StringData(p2.conns[0].RemoteTCPAddr), unsafe.StringData(p1.conns[0].RemoteTCPAddr))
+
+	// A new address for a peer is copied, and held from then on.
+	moved := update(5, 15, 1, conn(3, true))
+	moved.Connections[0].RemoteTCPAddr = "10.9.9.9:6783"
+	tp.apply([]peerUpdate{moved})
+	require.Equal(t, "10.9.9.9:6783", tp.get(testPeerName(5)).conns[0].RemoteTCPAddr)
+	require.Equal(t, "10.9.9.9:6783", tp.addrs[testPeerName(3)])
+	require.Equal(t, "127.0.0.1:7003", p1.conns[0].RemoteTCPAddr, "entries already held keep theirs")
+
+	// The table of addresses is bounded like the entries.
+	small := newTopology(&Peer{Name: testPeerName(0), UID: 1}, topologyLimits{MaxPeers: 4, MaxConnections: 100})
+	var conns []connectionSummary
+	for i := 1; i <= 10; i++ {
+		conns = append(conns, conn(i, true))
+	}
+	small.apply([]peerUpdate{update(1, 11, 1, conns...)})
+	require.LessOrEqual(t, len(small.addrs), 4)
+}
+
+// A snapshot of the peers is dropped once the table changed, so that it
+// keeps no replaced entry alive; one still current is kept.
+func TestStaleViewIsDropped(t *testing.T) {
+	peers := newPeers(&Peer{Name: testPeerName(0), UID: 1}, testLimits)
+	v := peers.view()
+	peers.dropStaleView()
+	require.Same(t, v, peers.snap.Load(), "a current snapshot is kept")
+	peers.mu.Lock()
+	peers.topo.apply([]peerUpdate{update(1, 11, 1, conn(0, true))})
+	peers.mu.Unlock()
+	peers.dropStaleView()
+	require.Nil(t, peers.snap.Load())
+	require.Equal(t, 2, peers.Len(), "the next view is taken afresh")
 }

@@ -36,6 +36,10 @@ type connectionSummary struct {
 type peerUpdate struct {
 	peerSummary
 	Connections []connectionSummary
+	// connsSkipped is set when the decoder checked the connections but did
+	// not keep them (nor the nickname), the entry being no newer than the
+	// one held (see appendDecodedTopology).
+	connsSkipped bool
 }
 
 // topologyLimits bounds what decodeTopology accepts. A limit that is zero
@@ -313,6 +317,9 @@ type topoDecoder struct {
 	fields []topoFieldDef
 	raw    []gobFieldDef // scratch for parseWireType
 	addrs  [][]byte      // scratch: the current peer's RemoteTCPAddr bytes
+	// spare holds the connections of an entry that is checked but not
+	// kept (see decodeConns).
+	spare []connectionSummary
 }
 
 // define records the type definition in d (positioned after the id).
@@ -457,8 +464,10 @@ func (td *topoDecoder) decodePeer(id int64, d *rawDecoder, p *peerSummary) (nick
 }
 
 // decodeConns decodes a []connectionSummary value of type id. The
-// RemoteTCPAddr bytes are left in td.addrs (aliasing the input).
-func (td *topoDecoder) decodeConns(id int64, d *rawDecoder, limit int) ([]connectionSummary, error) {
+// RemoteTCPAddr bytes are left in td.addrs (aliasing the input). Without
+// keep, the value is checked all the same, but decoded into td.spare and
+// nil is returned.
+func (td *topoDecoder) decodeConns(id int64, d *rawDecoder, limit int, keep bool) ([]connectionSummary, error) {
 	td.addrs = td.addrs[:0]
 	t := td.lookup(id)
 	if t == nil {
@@ -491,8 +500,19 @@ func (td *topoDecoder) decodeConns(id int64, d *rawDecoder, limit int) ([]connec
 	if n == 0 {
 		return nil, nil
 	}
-	// Grow the slice as elements are decoded rather than trusting n.
-	conns := make([]connectionSummary, 0, min(n, 64))
+	// n is trusted as far as the limit and the input size bound it (every
+	// element takes at least four bytes); without a limit, the slice grows
+	// as elements are decoded.
+	var conns []connectionSummary
+	if keep {
+		size := n
+		if limit <= 0 {
+			size = min(n, 64)
+		}
+		conns = make([]connectionSummary, 0, size)
+	} else {
+		conns = td.spare[:0]
+	}
 	for range n {
 		conns = append(conns, connectionSummary{})
 		c := &conns[len(conns)-1]
@@ -531,6 +551,10 @@ func (td *topoDecoder) decodeConns(id int64, d *rawDecoder, limit int) ([]connec
 			return nil, fmt.Errorf("%w: connection summary without NameByte", ErrMalformed)
 		}
 		td.addrs = append(td.addrs, addr)
+	}
+	if !keep {
+		td.spare = conns[:0]
+		return nil, nil
 	}
 	return conns, nil
 }
@@ -571,7 +595,7 @@ func (td *topoDecoder) setStrings(p *peerUpdate, nick []byte) {
 // skipped when they have a basic type. The strings in the result do not
 // alias b.
 func decodeTopology(b []byte, lim topologyLimits) ([]peerUpdate, error) {
-	return appendDecodedTopology(nil, b, lim)
+	return appendDecodedTopology(nil, b, lim, nil)
 }
 
 // topoDecoders recycles decoders with their scratch lists: a busy router
@@ -579,15 +603,21 @@ func decodeTopology(b []byte, lim topologyLimits) ([]peerUpdate, error) {
 var topoDecoders = sync.Pool{New: func() any { return new(topoDecoder) }}
 
 // appendDecodedTopology is decodeTopology, appending the entries to peers.
-func appendDecodedTopology(peers []peerUpdate, b []byte, lim topologyLimits) ([]peerUpdate, error) {
+// When old is not nil, it is asked about each entry once its summary is
+// decoded: for an entry it reports as no newer than the one held, the
+// connections are checked but not kept, and neither is the nickname (the
+// update has connsSkipped set). Most entries a busy router receives are
+// copies of what it has, and those then cost no allocation.
+func appendDecodedTopology(peers []peerUpdate, b []byte, lim topologyLimits, old func(peerSummary) bool) ([]peerUpdate, error) {
 	td := topoDecoders.Get().(*topoDecoder)
 	defer func() {
-		if cap(td.types) <= maxTopologyTypes && cap(td.fields) <= 64 && cap(td.raw) <= 64 && cap(td.addrs) <= 1024 {
+		if cap(td.types) <= maxTopologyTypes && cap(td.fields) <= 64 && cap(td.raw) <= 64 && cap(td.addrs) <= 1024 && cap(td.spare) <= 1024 {
 			// Nothing kept may point into a message.
 			clear(td.types[:cap(td.types)])
 			clear(td.fields[:cap(td.fields)])
 			clear(td.raw[:cap(td.raw)])
 			clear(td.addrs[:cap(td.addrs)])
+			clear(td.spare[:cap(td.spare)])
 			td.types, td.fields, td.raw, td.addrs = td.types[:0], td.fields[:0], td.raw[:0], td.addrs[:0]
 			topoDecoders.Put(td)
 		}
@@ -627,9 +657,10 @@ func appendDecodedTopology(peers []peerUpdate, b []byte, lim topologyLimits) ([]
 			if nick, err = td.decodePeer(id, &d, &cur.peerSummary); err != nil {
 				return nil, err
 			}
+			cur.connsSkipped = old != nil && old(cur.peerSummary)
 			havePeer = true
 		default:
-			if cur.Connections, err = td.decodeConns(id, &d, lim.MaxConnections); err != nil {
+			if cur.Connections, err = td.decodeConns(id, &d, lim.MaxConnections, !cur.connsSkipped); err != nil {
 				return nil, err
 			}
 			havePeer = false
@@ -639,7 +670,9 @@ func appendDecodedTopology(peers []peerUpdate, b []byte, lim topologyLimits) ([]
 		}
 		pendingDefs = false
 		if !havePeer {
-			td.setStrings(&cur, nick)
+			if !cur.connsSkipped {
+				td.setStrings(&cur, nick)
+			}
 			peers = append(peers, cur)
 		}
 	}

@@ -656,3 +656,53 @@ func BenchmarkTopology(b *testing.B) {
 		}
 	})
 }
+
+// Entries the caller holds are decoded without their connections, which
+// are checked all the same: skipping changes what is kept, never what is
+// accepted.
+func TestDecodeTopologySkipsHeldEntries(t *testing.T) {
+	peers := testTopology(20, 6)
+	b := appendTopology(nil, peers)
+	held := func(s peerSummary) bool { return s.Name%2 == 0 }
+	got, err := appendDecodedTopology(nil, b, testLimits, held)
+	require.NoError(t, err)
+	require.Len(t, got, len(peers))
+	for i, u := range got {
+		if held(peers[i].peerSummary) {
+			require.True(t, u.connsSkipped)
+			require.Nil(t, u.Connections)
+			require.Empty(t, u.NickName)
+			want := peers[i].peerSummary
+			want.NickName = ""
+			require.Equal(t, want, u.peerSummary)
+			continue
+		}
+		require.False(t, u.connsSkipped)
+		require.Equal(t, peers[i], u)
+	}
+
+	all := func(peerSummary) bool { return true }
+	rng := rand.New(rand.NewPCG(3, 4))
+	for range 2000 {
+		m := bytes.Clone(b)
+		if rng.IntN(2) == 0 {
+			m = m[:rng.IntN(len(m))]
+		} else {
+			m[rng.IntN(len(m))] ^= byte(1 + rng.IntN(255))
+		}
+		_, errFull := decodeTopology(m, testLimits)
+		_, errSkip := appendDecodedTopology(nil, m, testLimits, all)
+		require.Equal(t, errFull == nil, errSkip == nil, "full: %v, skipping: %v", errFull, errSkip)
+	}
+
+	if raceEnabled {
+		t.Skip("decoding allocations are not stable under the race detector")
+	}
+	dst := make([]peerUpdate, 0, len(peers))
+	allocs := testing.AllocsPerRun(20, func() {
+		if _, err := appendDecodedTopology(dst[:0], b, testLimits, all); err != nil {
+			t.Fatal(err)
+		}
+	})
+	require.Zero(t, allocs, "entries held cost no allocation")
+}
