@@ -614,10 +614,25 @@ func FuzzDecodeTopology(f *testing.F) {
 	}
 	f.Add(gobTopology(f, testTopology(3, 2), true))
 	lim := topologyLimits{MaxPeers: 64, MaxConnections: 64}
+	odd := func(s peerSummary) bool { return s.Name%2 == 1 }
 	f.Fuzz(func(t *testing.T, data []byte) {
 		peers, err := decodeTopology(data, lim)
+		// Skipping the connections of some entries changes what is
+		// kept, never what is accepted.
+		some, errSome := appendDecodedTopology(nil, data, lim, odd)
+		if (err == nil) != (errSome == nil) {
+			t.Fatalf("decoding whole: %v; skipping odd names: %v", err, errSome)
+		}
 		if err != nil {
 			return
+		}
+		if len(some) != len(peers) {
+			t.Fatalf("%d entries whole, %d skipping odd names", len(peers), len(some))
+		}
+		for i, u := range some {
+			if u.connsSkipped != odd(peers[i].peerSummary) || (u.connsSkipped && (u.Connections != nil || u.NickName != "")) {
+				t.Fatalf("entry %d: %+v", i, u)
+			}
 		}
 		if len(peers) > lim.MaxPeers {
 			t.Fatalf("%d peers", len(peers))
