@@ -170,8 +170,8 @@ func (c *LocalConnection) armReadDeadline(now time.Time) {
 
 // run is the connection's first goroutine: handshake and registration
 // with the router. Once registered, the read loop goes on in a goroutine
-// of its own, started by run just before it returns (see Router.startReader). It
-// reports whether it did.
+// of its own, started just before run returns (see Router.startReader).
+// It reports whether it did.
 func (c *LocalConnection) run() bool {
 	r := c.router
 	err := c.handshake()
