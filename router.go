@@ -753,8 +753,8 @@ func (router *Router) connectionSummaries() []connectionSummary {
 // otherConnections lists our connections but except; the caller holds
 // router.mu.
 func (router *Router) otherConnections(except *LocalConnection) []*LocalConnection {
-	out := make([]*LocalConnection, 0, len(router.conns))
-	for _, c := range router.conns {
+	out := make([]*LocalConnection, 0, len(router.connList))
+	for _, c := range router.connList {
 		if c != except {
 			out = append(out, c)
 		}

@@ -97,7 +97,7 @@ func newTopology(ourself *Peer, limits topologyLimits) *topology {
 		tombstones:       make(map[PeerName]tombstone),
 		// No more entries than the topology may hold are worth
 		// remembering.
-		heard: heardSet{limit: orInt(limits.MaxPeers, DefaultMaxPeers)},
+		heard: heardSet{limit: limits.entryBound()},
 	}
 	t.put(ourself)
 	return t
@@ -299,7 +299,7 @@ func (t *topology) shareStrings(p, existing *Peer) {
 	} else {
 		p.NickName = strings.Clone(p.NickName)
 	}
-	limit := orInt(t.limits.MaxPeers, DefaultMaxPeers)
+	limit := t.limits.entryBound()
 	for i := range p.conns {
 		c := &p.conns[i]
 		if c.RemoteTCPAddr == "" {

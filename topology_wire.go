@@ -49,6 +49,10 @@ type topologyLimits struct {
 	MaxConnections int // connections per peer
 }
 
+// entryBound is the most entries a topology holds, and so bounds what is
+// remembered per entry: MaxPeers, or DefaultMaxPeers when not set.
+func (l topologyLimits) entryBound() int { return orInt(l.MaxPeers, DefaultMaxPeers) }
+
 // The type definitions weave sends, byte for byte (with their message
 // counts): peerSummary is type 65, connectionSummary 66 and
 // []connectionSummary 67.
