@@ -15,7 +15,10 @@ import (
 // back when every byte in it has been consumed and the last read was small;
 // a stream whose reads return more than the small array holds, or fill the
 // space they were given, keeps it (or takes one), so a busy connection
-// still reads many frames per system call.
+// still reads many frames per system call. A stream whose reads keep
+// filling that buffer (a sender going as fast as we read) moves to a large
+// one, which it gives back as soon as a read leaves part of it empty: the
+// kernel then had nothing more to give.
 //
 // A streamReader is not safe for concurrent use.
 type streamReader struct {
@@ -25,11 +28,15 @@ type streamReader struct {
 	buf    []byte
 	r, w   int
 	pooled *[streamBufferSize]byte
+	large  *[streamLargeSize]byte
 	// busy is set when the last read returned more than the small array
-	// holds, or filled the space it was given.
-	busy  bool
-	err   error
-	small [streamSmallSize]byte
+	// holds, or filled the space it was given; filled when it filled that
+	// space.
+	busy, filled bool
+	// fullReads counts the reads in a row that filled a pooled buffer.
+	fullReads int
+	err       error
+	small     [streamSmallSize]byte
 }
 
 const (
@@ -40,12 +47,23 @@ const (
 	// size are returned in place; larger ones are copied out (see
 	// frameReader.readN).
 	streamBufferSize = readBufferSize
+	// streamLargeSize is the size of the buffers a stream moves to after
+	// streamFullReads reads in a row filled its pooled buffer (at least a
+	// quarter of it each time). Reading 32 KiB per system call instead of
+	// 4 lets a connection carrying a stream of sealed 1 KiB messages
+	// deliver about a third more of them per second, and nearly twice as
+	// many in clear (the reader is the slower end of such a stream).
+	streamLargeSize = 32 << 10
+	streamFullReads = 16
 	// maxEmptyReads is how many reads in a row may return nothing without
 	// an error before the stream is declared broken, as bufio does.
 	maxEmptyReads = 100
 )
 
-var streamBufferPool = sync.Pool{New: func() any { return new([streamBufferSize]byte) }}
+var (
+	streamBufferPool = sync.Pool{New: func() any { return new([streamBufferSize]byte) }}
+	streamLargePool  = sync.Pool{New: func() any { return new([streamLargeSize]byte) }}
+)
 
 // newStreamReader returns a reader of rd that first returns what br has
 // buffered (br may be nil). br is not used afterwards.
@@ -108,13 +126,21 @@ func (s *streamReader) ReadByte() (byte, error) {
 }
 
 // Read reads up to len(p) bytes. Reads of at least Size bytes with nothing
-// buffered go straight to rd.
+// buffered go straight to rd. Frames that large gain nothing from a large
+// buffer (they would only be copied out of it): such a read starts the
+// count of full reads again, and gives a large buffer back.
 func (s *streamReader) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
+	if len(p) >= streamBufferSize {
+		s.fullReads = 0
+	}
 	if s.r == s.w {
 		if len(p) >= streamBufferSize && s.err == nil {
+			if s.large != nil {
+				s.release()
+			}
 			s.releaseIfQuiet()
 			n, err := s.rd.Read(p)
 			if err != nil {
@@ -136,13 +162,19 @@ func (s *streamReader) Read(p []byte) (int, error) {
 func (s *streamReader) fill(need int) error {
 	if s.r == s.w {
 		s.r, s.w = 0, 0
+		if s.large != nil && !s.filled {
+			// The last read emptied the socket: we caught up.
+			s.release()
+		}
 		s.releaseIfQuiet()
 	}
 	switch {
-	case s.pooled == nil && (s.busy || need > len(s.buf)):
+	case s.pooled == nil && s.large == nil && (s.busy || need > len(s.buf)):
 		// The frame does not fit the small array, or the last read
 		// filled it: more is coming.
 		s.takeBuffer()
+	case s.pooled != nil && s.fullReads >= streamFullReads:
+		s.takeLarge()
 	case need > len(s.buf)-s.r:
 		s.w = copy(s.buf, s.buf[s.r:s.w])
 		s.r = 0
@@ -155,7 +187,15 @@ func (s *streamReader) fill(need int) error {
 		n, err := s.rd.Read(s.buf[s.w:])
 		s.w += n
 		if n > 0 {
-			s.busy = n > streamSmallSize || n == space
+			s.filled = n == space
+			s.busy = n > streamSmallSize || s.filled
+			switch {
+			case s.pooled == nil:
+			case !s.filled:
+				s.fullReads = 0
+			case space >= streamBufferSize/4:
+				s.fullReads++
+			}
 			empty = 0
 		} else if err == nil {
 			if empty++; empty >= maxEmptyReads {
@@ -178,23 +218,41 @@ func (s *streamReader) takeBuffer() {
 	s.buf, s.pooled = p[:], p
 }
 
+// takeLarge moves the unread bytes from the pooled buffer into a large
+// one.
+func (s *streamReader) takeLarge() {
+	p := streamLargePool.Get().(*[streamLargeSize]byte)
+	s.w = copy(p[:], s.buf[s.r:s.w])
+	s.r = 0
+	streamBufferPool.Put(s.pooled)
+	s.pooled, s.fullReads = nil, 0
+	s.buf, s.large = p[:], p
+}
+
 // releaseIfQuiet gives the pooled buffer back when nothing in it is unread
 // and the last read was small: the connection has gone quiet.
 func (s *streamReader) releaseIfQuiet() {
-	if s.pooled != nil && s.r == s.w && !s.busy {
+	if (s.pooled != nil || s.large != nil) && s.r == s.w && !s.busy {
 		s.release()
 	}
 }
 
-// release gives the pooled buffer back; nothing may be unread in it.
+// release gives the pooled or large buffer back; nothing may be unread in
+// it.
 func (s *streamReader) release() {
-	if s.pooled == nil {
+	switch {
+	case s.pooled != nil:
+		streamBufferPool.Put(s.pooled)
+		s.pooled = nil
+	case s.large != nil:
+		streamLargePool.Put(s.large)
+		s.large = nil
+	default:
 		return
 	}
-	streamBufferPool.Put(s.pooled)
-	s.pooled = nil
 	s.buf = s.small[:]
 	s.r, s.w = 0, 0
+	s.fullReads = 0
 }
 
 // close gives the pooled buffer back for good. The reader must not be used

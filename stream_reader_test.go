@@ -98,6 +98,62 @@ func TestStreamReaderBusyStreamReadsManyFramesPerRead(t *testing.T) {
 	require.LessOrEqual(t, cr.reads, 4)
 }
 
+// TestStreamReaderSustainedStreamMovesToLargeBuffer: a stream whose reads
+// keep filling the pooled buffer moves to a large one, and reads many
+// more frames per system call; once a read leaves the buffer part empty
+// (we caught up), the large buffer goes back.
+func TestStreamReaderSustainedStreamMovesToLargeBuffer(t *testing.T) {
+	const frames = 10000 // of 40 bytes: 400,000 bytes
+	var stream []byte
+	for i := range frames {
+		stream = append(stream, seq(40, byte(i))...)
+	}
+	cr := &chunkReader{chunks: [][]byte{stream, seq(10, 1)}}
+	s := newStreamReader(cr, nil)
+	sawLarge := false
+	for i := range frames {
+		b, err := s.Peek(40)
+		require.NoError(t, err)
+		require.Equal(t, seq(40, byte(i)), b, "frame %d", i)
+		_, _ = s.Discard(40)
+		sawLarge = sawLarge || s.large != nil
+	}
+	require.True(t, sawLarge)
+	// With 4 KiB buffers only, this would take about 98 reads.
+	require.Less(t, cr.reads, streamFullReads+2+len(stream)/streamLargeSize+2)
+	b, err := s.Peek(10)
+	require.NoError(t, err)
+	require.Equal(t, seq(10, 1), b)
+	_, _ = s.Discard(10)
+	_, err = s.Peek(1)
+	require.ErrorIs(t, err, io.EOF)
+	require.True(t, s.large == nil, "the last read did not fill the buffer")
+	require.Nil(t, s.pooled)
+}
+
+// TestStreamReaderLargeFramesKeepOrdinaryBuffer: frames larger than Size
+// are read past the buffer, so they never make the stream take a large
+// one, however full its reads.
+func TestStreamReaderLargeFramesKeepOrdinaryBuffer(t *testing.T) {
+	var stream []byte
+	for i := range 64 {
+		stream = append(stream, byte(i), byte(i), byte(i), byte(i))
+		stream = append(stream, seq(8000, byte(i))...)
+	}
+	s := newStreamReader(&chunkReader{chunks: [][]byte{stream}}, nil)
+	body := make([]byte, 8000)
+	for i := range 64 {
+		hdr, err := s.Peek(4)
+		require.NoError(t, err)
+		require.Equal(t, byte(i), hdr[0])
+		_, _ = s.Discard(4)
+		_, err = io.ReadFull(s, body)
+		require.NoError(t, err)
+		require.Equal(t, seq(8000, byte(i)), body, "frame %d", i)
+		require.True(t, s.large == nil, "frame %d took a large buffer", i)
+	}
+}
+
 func TestStreamReaderCarriesHandshakeBytes(t *testing.T) {
 	rest := seq(50, 9)
 	all := append(seq(10, 0), rest...)
