@@ -45,7 +45,8 @@ type topology struct {
 	// The graph records the peers gc has seen reachable (linked). A peer
 	// learnt from gossip may stay unlinked for a while in a large mesh,
 	// until the updates that lead to it arrive: it gets a longer grace,
-	// and no tombstone.
+	// and no tombstone (unless it is a later version of a peer removed
+	// after it had been reachable).
 	unreachableSince map[PeerName]int64
 	// tombstones remember the incarnation and version of peers removed as
 	// unreachable, so that stale copies still circulating in other peers'
@@ -237,10 +238,13 @@ func (t *topology) apply(updates []peerUpdate) mergeResult {
 		if existing != nil && existing.Version > u.Version {
 			res.stale = append(res.stale, u.Name)
 		}
+		revived := false
 		if existing == nil {
-			if ts, ok := t.tombstones[u.Name]; ok && ts.uid == u.UID && u.Version <= ts.version {
+			ts, ok := t.tombstones[u.Name]
+			if ok && ts.uid == u.UID && u.Version <= ts.version {
 				continue // a stale copy of a peer we removed
 			}
+			revived = ok && ts.uid == u.UID
 			if t.limits.MaxPeers > 0 && t.peers.Len() >= t.limits.MaxPeers {
 				continue
 			}
@@ -274,6 +278,15 @@ func (t *topology) apply(updates []peerUpdate) mergeResult {
 		}
 		t.put(p)
 		t.forgetTombstone(u.Name)
+		if revived {
+			// A later version of a peer removed after it had been
+			// reachable counts as reachable before: if nothing leads to
+			// it, it goes at the short grace, with a tombstone at this
+			// version. Otherwise the copies of a stopped peer's last
+			// versions, still held here and there, would each keep it
+			// for the long grace of a peer never reached.
+			t.graph.linked[t.graph.slots[u.Name]] = true
+		}
 		res.changed = append(res.changed, u.Name)
 		res.renewed = append(res.renewed, existing != nil && existing.UID == p.UID)
 		for _, c := range p.conns {

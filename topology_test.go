@@ -140,14 +140,28 @@ func TestTopologyGC(t *testing.T) {
 		res := tp.apply([]peerUpdate{update(2, 22, 3, conn(1, true))})
 		require.Equal(t, []PeerName{testPeerName(2)}, res.changed)
 	})
-	t.Run("new incarnation is learnt", func(t *testing.T) {
-		// Learnt again but never linked: kept for the longer grace.
-		tp.gc(200, 10)
-		tp.gc(300, 10)
-		require.NotNil(t, tp.get(testPeerName(2)))
-		tp.gc(200+unlinkedGraceFactor*10, 10)
+	t.Run("newer version still unreachable goes at the short grace", func(t *testing.T) {
+		// It had been reachable before: no long grace for a peer never
+		// reached, and a tombstone at the newer version.
+		require.Empty(t, tp.gc(200, 10))
+		removed := tp.gc(210, 10)
+		require.Len(t, removed, 1)
 		require.Nil(t, tp.get(testPeerName(2)))
+		require.Equal(t, uint64(3), tp.tombstones[testPeerName(2)].version)
+		res := tp.apply([]peerUpdate{update(2, 22, 3, conn(1, true))})
+		require.Empty(t, res.changed, "the copy of the removed version is stale")
+	})
+	t.Run("new incarnation is learnt", func(t *testing.T) {
+		// Learnt but never linked: kept for the longer grace, and not
+		// tombstoned.
 		res := tp.apply([]peerUpdate{update(2, 23, 1, conn(1, true))})
+		require.Equal(t, []PeerName{testPeerName(2)}, res.changed)
+		tp.gc(300, 10)
+		tp.gc(400, 10)
+		require.NotNil(t, tp.get(testPeerName(2)))
+		tp.gc(300+unlinkedGraceFactor*10, 10)
+		require.Nil(t, tp.get(testPeerName(2)))
+		res = tp.apply([]peerUpdate{update(2, 23, 1, conn(1, true))})
 		require.Equal(t, []PeerName{testPeerName(2)}, res.changed)
 	})
 	t.Run("reachable again before the grace ends", func(t *testing.T) {
