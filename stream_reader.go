@@ -162,10 +162,6 @@ func (s *streamReader) Read(p []byte) (int, error) {
 func (s *streamReader) fill(need int) error {
 	if s.r == s.w {
 		s.r, s.w = 0, 0
-		if s.large != nil && !s.filled {
-			// The last read emptied the socket: we caught up.
-			s.release()
-		}
 		s.releaseIfQuiet()
 	}
 	switch {
@@ -229,10 +225,11 @@ func (s *streamReader) takeLarge() {
 	s.buf, s.large = p[:], p
 }
 
-// releaseIfQuiet gives the pooled buffer back when nothing in it is unread
-// and the last read was small: the connection has gone quiet.
+// releaseIfQuiet gives the buffer back when nothing in it is unread and
+// the last read was small (the connection has gone quiet), or, for a
+// large buffer, did not fill it (the socket was emptied: we caught up).
 func (s *streamReader) releaseIfQuiet() {
-	if (s.pooled != nil || s.large != nil) && s.r == s.w && !s.busy {
+	if s.r == s.w && ((s.pooled != nil && !s.busy) || (s.large != nil && !s.filled)) {
 		s.release()
 	}
 }
