@@ -29,8 +29,8 @@ const (
 // cluster.
 type cluster interface {
 	size() int
-	// converged reports whether every member knows every other one.
-	converged() bool
+	// memberComplete reports whether member i knows every member.
+	memberComplete(i int) bool
 	// progress returns how many members each member knows.
 	progress() []int
 	// bytesSent returns the bytes sent by all members so far.
@@ -103,44 +103,76 @@ func startCluster(s clusterSpec) (cluster, error) {
 	return nil, fmt.Errorf("unknown system %q", s.System)
 }
 
-// pollInterval is how often convergence is checked: often enough for
-// millisecond resolution in small clusters, rarely enough that checking
-// does not slow large ones down.
+// pollInterval is how often each member is checked while a cluster of n
+// forms: every 2 ms in small clusters, for millisecond resolution, and
+// less often as checks get dearer (a check reads n peers, and all n
+// members are checked), so that checking takes a few percent of a core at
+// most: 20 ms at 200 members, 500 ms at 1000.
 func pollInterval(n int) time.Duration {
-	switch {
-	case n <= 100:
-		return 2 * time.Millisecond
-	case n <= 300:
-		return 5 * time.Millisecond
-	default:
-		return 20 * time.Millisecond
-	}
+	return max(2*time.Millisecond, time.Duration(n*n)*500*time.Nanosecond)
 }
 
-// waitFormed polls c until every member knows every other one, or until
+// waitFormed waits until every member knows every other one, or until
 // timeout has passed since the last member's start. It returns the time
-// from that start to the end of the first poll that found the cluster
-// formed. A poll is bounded too: in a mesh whose topology locks are
-// saturated one can take seconds, and one still running at the deadline
-// is abandoned (it ends at the latest when the cluster is stopped).
+// from that start until the last member was first seen knowing all the
+// others. Each member is checked by a goroutine of its own, every
+// pollInterval: a check may wait for the member's lock, and on a loaded
+// machine for a core after it, so checking the members in turn would add
+// those waits up (half a minute at a thousand busy routers) and count them
+// in the formation time. Once all members have been seen complete, all
+// are checked once more; one that lost a peer meanwhile is watched again,
+// and formation ends when it is complete again. A check still running at
+// the deadline is abandoned (it ends at the latest when the cluster is
+// stopped).
 func waitFormed(c cluster, timeout time.Duration) (time.Duration, bool) {
 	_, origin := c.startTimes()
-	interval := pollInterval(c.size())
+	n := c.size()
+	interval := pollInterval(n)
 	deadline := time.NewTimer(time.Until(origin.Add(timeout)))
 	defer deadline.Stop()
-	result := make(chan bool, 1)
-	for {
-		go func() { result <- c.converged() }()
-		select {
-		case ok := <-result:
-			if ok {
-				return time.Since(origin), true
+	stop := make(chan struct{})
+	defer close(stop)
+	type seen struct {
+		member int
+		at     time.Duration
+	}
+	complete := make(chan seen, n)
+	watch := func(i int) {
+		go func() {
+			for {
+				if c.memberComplete(i) {
+					complete <- seen{i, time.Since(origin)}
+					return
+				}
+				select {
+				case <-stop:
+					return
+				case <-time.After(interval):
+				}
 			}
-		case <-deadline.C:
-			return time.Since(origin), false
-		}
+		}()
+	}
+	for i := range n {
+		watch(i)
+	}
+	pending := n
+	var last time.Duration
+	for {
 		select {
-		case <-time.After(interval):
+		case s := <-complete:
+			last = max(last, s.at)
+			if pending--; pending > 0 {
+				continue
+			}
+			for i := range n {
+				if !c.memberComplete(i) {
+					pending++
+					watch(i)
+				}
+			}
+			if pending == 0 {
+				return last, true
+			}
 		case <-deadline.C:
 			return time.Since(origin), false
 		}

@@ -167,14 +167,9 @@ func (c *mlCluster) add(i int, o mlOptions) error {
 
 func (c *mlCluster) size() int { return len(c.nodes) }
 
-// converged reports whether every node counts all N members.
-func (c *mlCluster) converged() bool {
-	for _, m := range c.nodes {
-		if m.NumMembers() < len(c.nodes) {
-			return false
-		}
-	}
-	return true
+// memberComplete reports whether node i counts all N members.
+func (c *mlCluster) memberComplete(i int) bool {
+	return c.nodes[i].NumMembers() >= len(c.nodes)
 }
 
 // progress returns, for every node, how many members it counts.

@@ -60,7 +60,6 @@ type meshCluster struct {
 	gossipers  []mesh.Gossiper
 	addrs      []string
 	uids       map[mesh.PeerName]mesh.PeerUID
-	done       []bool
 
 	// firstStart is when the first router was started; origin is when the
 	// last peer's start (Start and InitiateConnections) began.
@@ -79,7 +78,7 @@ func startMesh(o meshOptions) (c *meshCluster, err error) {
 	if o.N < 1 {
 		return nil, fmt.Errorf("mesh cluster needs at least one peer, not %d", o.N)
 	}
-	c = &meshCluster{uids: make(map[mesh.PeerName]mesh.PeerUID, o.N), done: make([]bool, o.N)}
+	c = &meshCluster{uids: make(map[mesh.PeerName]mesh.PeerUID, o.N)}
 	defer func() {
 		if err != nil {
 			_ = c.stop()
@@ -197,37 +196,19 @@ func (c *meshCluster) size() int { return len(c.routers) }
 // (itself included).
 func (c *meshCluster) known(i int) int {
 	n := 0
-	for _, d := range c.routers[i].Peers.Descriptions() {
-		if uid, ok := c.uids[d.Name]; ok && uid == d.UID {
+	c.routers[i].Peers.ForEach(func(p *mesh.Peer) {
+		if uid, ok := c.uids[p.Name]; ok && uid == p.UID {
 			n++
 		}
-	}
+	})
 	return n
 }
 
-// converged reports whether every router knows every peer with its
-// current UID. Routers found complete are not checked again until all
-// are, and then all are checked once more, so that a poll stays cheap in
-// large clusters.
-func (c *meshCluster) converged() bool {
+// memberComplete reports whether router i knows every peer with its
+// current UID.
+func (c *meshCluster) memberComplete(i int) bool {
 	n := len(c.routers)
-	for i, r := range c.routers {
-		if c.done[i] {
-			continue
-		}
-		if r.Peers.Len() < n || c.known(i) < n {
-			return false
-		}
-		c.done[i] = true
-	}
-	ok := true
-	for i := range c.routers {
-		if c.known(i) < n {
-			c.done[i] = false
-			ok = false
-		}
-	}
-	return ok
+	return c.routers[i].Peers.Len() >= n && c.known(i) == n
 }
 
 // progress returns, for every router, how many peers it knows.
