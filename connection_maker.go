@@ -32,6 +32,17 @@ const (
 	// once, so that a mesh discovered all at once is connected gradually
 	// rather than in a storm of handshakes and full topology exchanges.
 	maxDiscoveryDials = 4
+	// minConnsBeforeQuiet is the number of connections up to which
+	// discovery dials while this router is still learning the mesh (see
+	// discoveryPace).
+	minConnsBeforeQuiet = 2
+	// discoveryQuietPerPeer is, per known peer, how long discovery waits
+	// for this router to learn nothing new before it dials beyond
+	// minConnsBeforeQuiet; at least minDiscoveryQuiet, at most
+	// maxDiscoveryQuiet.
+	discoveryQuietPerPeer = time.Millisecond
+	minDiscoveryQuiet     = 100 * time.Millisecond
+	maxDiscoveryQuiet     = time.Second
 )
 
 // Target states, as TargetStatus.State reports them.
@@ -105,6 +116,47 @@ type ConnectionMaker struct {
 	// calls: kept between calls so that a pass allocates nothing.
 	connectedNow map[PeerName]bool
 	cands        []discoveryCandidate
+	pace         discoveryPace
+	// recheck, when not zero, is when discovery may stop holding back:
+	// run then asks the topology loop for a pass.
+	recheck time.Time
+	// allowance is the number of connections up to which discovered peers
+	// are dialled now (see discoveryPace).
+	allowance int
+}
+
+// discoveryPace holds discovery back while a router is learning the mesh.
+// Every connection made is a change that every peer must learn: in a mesh
+// forming all at once (a thousand peers that each know two others, say),
+// the connections discovery adds to those it started with make every
+// peer's entry change about three times as often, and the mesh takes
+// three times as long to learn who is in it. So beyond minConnsBeforeQuiet
+// connections (enough not to hang on one), discovery waits until this
+// router has learnt no new peer, and asked no neighbour for the entry of a
+// peer it knows nothing or only the name of, for a quiet period that grows
+// with the mesh (discoveryQuiet). A router that joins a formed mesh learns
+// it in one exchange and then dials; one that loses a connection in a
+// quiet mesh dials at once. It reads no clock: times are passed in.
+type discoveryPace struct {
+	// known is how many peers the topology had at the last look, and
+	// learnt when we last learnt one or were waiting for an entry.
+	known  int
+	learnt time.Time
+}
+
+// allowance returns the number of connections up to which discovered
+// peers may be dialled at now, given the peers known, whether entries of
+// unknown peers are awaited, and the discovery limit; and, when it is
+// below the limit, when to look again.
+func (d *discoveryPace) allowance(now time.Time, known int, learning bool, limit int) (int, time.Time) {
+	if known > d.known || learning || d.learnt.IsZero() {
+		d.learnt = now
+	}
+	d.known = known
+	if quietAt := d.learnt.Add(discoveryQuiet(known)); quietAt.After(now) && limit > minConnsBeforeQuiet {
+		return minConnsBeforeQuiet, quietAt
+	}
+	return limit, time.Time{}
 }
 
 // discoveryCandidate is a peer topologyChanged may dial: those that report
@@ -293,6 +345,9 @@ func (cm *ConnectionMaker) run(stop <-chan struct{}) {
 			default:
 			}
 		}
+		if at := cm.recheckDue(time.Now()); !at.IsZero() && (next.IsZero() || at.Before(next)) {
+			next = at
+		}
 		if !next.IsZero() {
 			timer.Reset(time.Until(next))
 		}
@@ -303,6 +358,29 @@ func (cm *ConnectionMaker) run(stop <-chan struct{}) {
 		case <-timer.C:
 		}
 	}
+}
+
+// recheckDue asks the topology loop for a pass if discovery has waited
+// long enough for the topology to fall quiet, and returns when it should
+// be asked otherwise (zero if it need not be).
+func (cm *ConnectionMaker) recheckDue(now time.Time) time.Time {
+	cm.mu.Lock()
+	at := cm.recheck
+	if !at.IsZero() && !at.After(now) {
+		cm.recheck = time.Time{}
+		at = time.Time{}
+		cm.mu.Unlock()
+		cm.router.topologyChanged()
+		return at
+	}
+	cm.mu.Unlock()
+	return at
+}
+
+// discoveryQuiet is how long discovery waits after the last peer learnt,
+// for a topology of n peers.
+func discoveryQuiet(n int) time.Duration {
+	return min(max(time.Duration(n)*discoveryQuietPerPeer, minDiscoveryQuiet), maxDiscoveryQuiet)
 }
 
 // launchDue starts a dial for every target that is due, within the
@@ -369,7 +447,7 @@ func (cm *ConnectionMaker) launchDue(now time.Time) time.Time {
 			break
 		}
 		if !t.direct {
-			if discovering >= maxDiscoveryDials || nconns+attempting >= cm.discoveryLimit() {
+			if discovering >= maxDiscoveryDials || nconns+attempting >= min(cm.discoveryLimit(), cm.allowance) {
 				continue
 			}
 			discovering++
@@ -519,23 +597,38 @@ func (cm *ConnectionMaker) topologyChanged() {
 		connected[name] = true
 	}
 	r.mu.RUnlock()
-	need := cm.discoveryLimit() - len(connected)
-	if need <= 0 {
+	view := r.Peers.view()
+	now := time.Now()
+	limit := cm.discoveryLimit()
+	if len(connected) >= limit {
 		// Nothing would be dialled: spare the scan of the topology.
+		cm.pace.known = r.Peers.count()
+		return
+	}
+	allowance, recheck := cm.pace.allowance(now, r.Peers.count(), r.learning(), limit)
+	cm.mu.Lock()
+	raised := allowance > cm.allowance
+	cm.allowance, cm.recheck = allowance, recheck
+	cm.mu.Unlock()
+	if raised || !recheck.IsZero() {
+		// Targets chosen before may be dialled now; or run must ask for
+		// a pass when discovery may stop holding back.
+		cm.signal()
+	}
+	need := allowance - len(connected)
+	if need <= 0 {
 		return
 	}
 	ourAddr := ""
 	if a := r.ListenAddr(); a != nil {
 		ourAddr = a.String()
 	}
-	view := r.Peers.view()
 	// The candidates: peers with an entry we are not connected to, the
 	// lowest ranks first.
 	// Peers that report fewer connections than the discovery degree come
 	// first: a peer that has enough would end up with more than it needs,
 	// and every connection costs both ends memory and the whole mesh
 	// topology traffic.
-	limit := cm.discoveryLimit()
 	cands := cm.cands[:0]
 	view.peers.Ascend(func(p *Peer) bool {
 		if p.Name != r.Ourself.Name && !p.isPlaceholder() && !connected[p.Name] {
@@ -559,7 +652,6 @@ func (cm *ConnectionMaker) topologyChanged() {
 
 	cm.mu.Lock()
 	defer cm.mu.Unlock()
-	now := time.Now()
 	// Enough to dial as many as we need, a few at a time; those waiting
 	// to be retried do not count.
 	want := need + maxDiscoveryDials

@@ -101,3 +101,53 @@ func TestShortDiscoveredConnectionBacksOff(t *testing.T) {
 	cm.attemptEnded(tg, time.Now().Add(-2*longLivedConnection), errors.New("reset by peer"))
 	require.NotContains(t, cm.targets, tg.addr)
 }
+
+// Discovery holds back beyond two connections while the router learns
+// peers, and dials up to its limit once it has learnt nothing new for a
+// quiet period that grows with the mesh.
+func TestDiscoveryPace(t *testing.T) {
+	require.Equal(t, minDiscoveryQuiet, discoveryQuiet(10))
+	require.Equal(t, 500*time.Millisecond, discoveryQuiet(500))
+	require.Equal(t, maxDiscoveryQuiet, discoveryQuiet(5000))
+
+	t0 := time.Unix(1000, 0)
+	at := func(d time.Duration) time.Time { return t0.Add(d) }
+	var d discoveryPace
+	allow, recheck := d.allowance(at(0), 3, false, 8)
+	require.Equal(t, minConnsBeforeQuiet, allow, "nothing known of the mesh yet")
+	require.Equal(t, at(minDiscoveryQuiet), recheck)
+
+	// Peers keep being learnt: it keeps holding back.
+	for i, ms := range []int{50, 120, 200, 290} {
+		allow, recheck = d.allowance(at(time.Duration(ms)*time.Millisecond), 10+100*i, false, 8)
+		require.Equal(t, minConnsBeforeQuiet, allow)
+	}
+	// At 290 ms it knew 310 peers: quiet for 310 ms from then.
+	require.Equal(t, at(600*time.Millisecond), recheck)
+	allow, _ = d.allowance(at(599*time.Millisecond), 310, false, 8)
+	require.Equal(t, minConnsBeforeQuiet, allow)
+
+	// Waiting for the entry of a peer known by name only counts as
+	// learning, though no peer was added.
+	allow, recheck = d.allowance(at(550*time.Millisecond), 310, true, 8)
+	require.Equal(t, minConnsBeforeQuiet, allow)
+	require.Equal(t, at(860*time.Millisecond), recheck)
+
+	// Quiet: up to the limit, nothing to look at again.
+	allow, recheck = d.allowance(at(860*time.Millisecond), 310, false, 8)
+	require.Equal(t, 8, allow)
+	require.True(t, recheck.IsZero())
+
+	// Peers that go away are no news; a peer that joins is.
+	allow, _ = d.allowance(at(2*time.Second), 300, false, 8)
+	require.Equal(t, 8, allow)
+	allow, recheck = d.allowance(at(3*time.Second), 301, false, 8)
+	require.Equal(t, minConnsBeforeQuiet, allow)
+	require.Equal(t, at(3*time.Second+301*time.Millisecond), recheck)
+
+	// A limit at or below two connections is never held back.
+	var small discoveryPace
+	allow, recheck = small.allowance(at(0), 50, true, 1)
+	require.Equal(t, 1, allow)
+	require.True(t, recheck.IsZero())
+}

@@ -390,6 +390,31 @@ func (router *Router) handlePull(c *LocalConnection, payload []byte) error {
 	return nil
 }
 
+// learning reports whether we know peers only by name, or ask neighbours
+// for the entries of peers we know nothing of or only by name (see
+// discoveryPace).
+func (router *Router) learning() bool {
+	router.Peers.mu.RLock()
+	defer router.Peers.mu.RUnlock()
+	return router.Peers.topo.learning(&router.pulls)
+}
+
+// learning reports whether the topology holds a placeholder, or pulls
+// awaits the entry of a peer the topology has none of, or a placeholder.
+func (t *topology) learning(pulls *pullsInFlight) bool {
+	for name := range pulls.m {
+		if p := t.get(name); p == nil || p.isPlaceholder() {
+			return true
+		}
+	}
+	found := false
+	t.peers.Ascend(func(p *Peer) bool {
+		found = p.isPlaceholder()
+		return !found
+	})
+	return found
+}
+
 // pullTimeout is how long an entry asked of a neighbour is waited for.
 func (router *Router) pullTimeout() time.Duration {
 	return min(max(pullTimeout, time.Duration(router.Peers.count())*pullTimeoutPerPeer), maxPullTimeout)

@@ -262,3 +262,28 @@ func TestPullsMapKeptSmall(t *testing.T) {
 	require.Equal(t, keepPulls+1, p.expire(100, 100))
 	require.Nil(t, p.m, "a large one is dropped once empty")
 }
+
+// A topology is learning while it holds a placeholder, or while the entry
+// of a peer it has none of, or a placeholder of, is asked for; not while
+// only newer versions of entries it has are.
+func TestTopologyLearning(t *testing.T) {
+	tp := newTestTopology(0)
+	var pulls pullsInFlight
+	require.False(t, tp.learning(&pulls), "alone")
+
+	tp.apply([]peerUpdate{update(1, 11, 3, conn(0, true))})
+	require.False(t, tp.learning(&pulls))
+
+	pulls.claim([]pullCandidate{{announced: rec(1, 11, 4), have: rec(1, 11, 3)}}, testPeerName(1), 0, 100)
+	require.False(t, tp.learning(&pulls), "a newer version of an entry we have")
+
+	pulls.claim([]pullCandidate{{announced: rec(3, 33, 1), have: digestEntry{Name: testPeerName(3)}}}, testPeerName(1), 0, 100)
+	require.True(t, tp.learning(&pulls), "the entry of a peer we do not know")
+	pulls.forget(testPeerName(3))
+	require.False(t, tp.learning(&pulls))
+
+	tp.apply([]peerUpdate{update(1, 11, 5, conn(0, true), conn(2, true))}) // 2 is a placeholder
+	require.True(t, tp.learning(&pulls), "a peer known by name only")
+	tp.apply([]peerUpdate{update(2, 22, 1, conn(1, true))})
+	require.False(t, tp.learning(&pulls))
+}
