@@ -96,7 +96,7 @@ func parseFlags(fs *flag.FlagSet, args []string) (*config, error) {
 		markdown   = fs.Bool("markdown", false, "print the tables as Markdown")
 		quick      = fs.Bool("quick", false, "smoke run: small sizes and short durations (under a minute)")
 		settle     = fs.Duration("settle", time.Second, "pause after formation before the broadcasts; idle and scale windows start at least 3 times as long after formation")
-		settleMax  = fs.Duration("settle-max", time.Minute, "idle and scale: longest wait after formation for mesh's connections to stop changing (for 5 times -settle)")
+		settleMax  = fs.Duration("settle-max", time.Minute, "idle and scale: longest wait after formation for mesh's connections and topology to stop changing (for 5 times -settle)")
 	)
 	fs.Usage = func() {
 		out := fs.Output()

@@ -460,7 +460,7 @@ func runIdle(cfg *config, res *Results) *table {
 				ends, gpe, stats.Count(r.BytesPerPeerPerSec), status(r.Converged, r.Error))
 		}
 	}
-	t.note("settled: time from formation to the window: at least %s and, for mesh, until the number of connection ends has not changed for %s (at most %s). CPU: user+system of the whole process over the window. RSS: VmRSS at the end (MB = 10^6 bytes).",
+	t.note("settled: time from formation to the window: at least %s and, for mesh, until neither the number of connection ends nor the count of entries merged has changed for %s (at most %s). CPU: user+system of the whole process over the window. RSS: VmRSS at the end (MB = 10^6 bytes).",
 		stats.Duration(o.Settle.Min), stats.Duration(o.Settle.Stable), stats.Duration(o.Settle.Max))
 	if perRouter > 0 {
 		t.note("g/conn end (mesh): (goroutines - goroutines before the routers - routers x %d) / connection ends, %d being what one router with one channel and no connection runs.", perRouter, perRouter)

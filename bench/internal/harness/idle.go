@@ -49,9 +49,11 @@ type IdleResult struct {
 }
 
 // SettleOptions says when a formed cluster counts as settled: at least
-// Min after formation and, for mesh, once the number of connection ends
-// has not changed for Stable (peer discovery goes on dialling after every
-// router knows every other), but no later than Max after formation.
+// Min after formation and, for mesh, once neither the number of connection
+// ends nor the count of entries merged has changed for Stable (peer
+// discovery goes on dialling after every router knows every other, and
+// the changes it makes take a while to reach every router of a large
+// mesh), but no later than Max after formation.
 type SettleOptions struct {
 	Min, Stable, Max time.Duration
 }
@@ -133,12 +135,12 @@ func settle(c cluster, o SettleOptions) (time.Duration, bool) {
 	if !ok {
 		return time.Since(start), true
 	}
-	last, since := mc.connectionEnds(), time.Now()
+	last, lastUpdates, since := mc.connectionEnds(), mc.topologyUpdates(), time.Now()
 	for time.Since(start) < o.Max {
 		time.Sleep(min(500*time.Millisecond, o.Stable))
-		n := mc.connectionEnds()
-		if n != last || n < 0 {
-			last, since = n, time.Now()
+		n, updates := mc.connectionEnds(), mc.topologyUpdates()
+		if n != last || n < 0 || updates != lastUpdates {
+			last, lastUpdates, since = n, updates, time.Now()
 			continue
 		}
 		if time.Since(since) >= o.Stable {

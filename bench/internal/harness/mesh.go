@@ -249,6 +249,16 @@ func (c *meshCluster) connectionEnds() int {
 	}
 }
 
+// topologyUpdates returns how many peer entries, received from
+// neighbours, all routers have merged so far.
+func (c *meshCluster) topologyUpdates() uint64 {
+	var n uint64
+	for _, r := range c.routers {
+		n += r.Metrics().TopologyUpdates
+	}
+	return n
+}
+
 func (c *meshCluster) startTimes() (first, origin time.Time) { return c.firstStart, c.origin }
 
 // stopTimeout bounds how long stopping a cluster may take.
