@@ -208,7 +208,9 @@ func (c *meshCluster) known(i int) int {
 // current UID.
 func (c *meshCluster) memberComplete(i int) bool {
 	n := len(c.routers)
-	return c.routers[i].Peers.Len() >= n && c.known(i) == n
+	// The count first: it is an atomic read, where the peers are read
+	// from a snapshot of the router's table, which may wait for its lock.
+	return c.routers[i].Metrics().Peers >= n && c.known(i) == n
 }
 
 // progress returns, for every router, how many peers it knows.
