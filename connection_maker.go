@@ -43,6 +43,11 @@ const (
 	discoveryQuietPerPeer = time.Millisecond
 	minDiscoveryQuiet     = 100 * time.Millisecond
 	maxDiscoveryQuiet     = time.Second
+	// maxDiscoveryHold bounds how long discovery holds back in a row: a
+	// mesh where peers keep joining, or a peer whose entry never comes
+	// (while others report connections to it), must not keep a router at
+	// minConnsBeforeQuiet connections.
+	maxDiscoveryHold = 30 * time.Second
 )
 
 // Target states, as TargetStatus.State reports them.
@@ -134,14 +139,17 @@ type ConnectionMaker struct {
 // connections (enough not to hang on one), discovery waits until this
 // router has learnt no new peer, and asked no neighbour for the entry of a
 // peer it knows nothing or only the name of, for a quiet period that grows
-// with the mesh (discoveryQuiet). A router that joins a formed mesh learns
-// it in one exchange and then dials; one that loses a connection in a
-// quiet mesh dials at once. It reads no clock: times are passed in.
+// with the mesh (discoveryQuiet), or for maxDiscoveryHold at most. A
+// router that joins a formed mesh learns it in one exchange and then
+// dials; one that loses a connection in a quiet mesh dials at once. It
+// reads no clock: times are passed in.
 type discoveryPace struct {
 	// known is how many peers the topology had at the last look, and
 	// learnt when we last learnt one or were waiting for an entry.
 	known  int
 	learnt time.Time
+	// holding is when discovery began holding back, zero when it is not.
+	holding time.Time
 }
 
 // allowance returns the number of connections up to which discovered
@@ -153,9 +161,22 @@ func (d *discoveryPace) allowance(now time.Time, known int, learning bool, limit
 		d.learnt = now
 	}
 	d.known = known
-	if quietAt := d.learnt.Add(discoveryQuiet(known)); quietAt.After(now) && limit > minConnsBeforeQuiet {
+	quietAt := d.learnt.Add(discoveryQuiet(known))
+	if !quietAt.After(now) || limit <= minConnsBeforeQuiet {
+		d.holding = time.Time{}
+		return limit, time.Time{}
+	}
+	if d.holding.IsZero() {
+		d.holding = now
+	}
+	if end := d.holding.Add(maxDiscoveryHold); end.After(now) {
+		if end.Before(quietAt) {
+			return minConnsBeforeQuiet, end
+		}
 		return minConnsBeforeQuiet, quietAt
 	}
+	// Held back long enough: dial, until the router falls quiet and may
+	// hold back again.
 	return limit, time.Time{}
 }
 

@@ -145,6 +145,28 @@ func TestDiscoveryPace(t *testing.T) {
 	require.Equal(t, minConnsBeforeQuiet, allow)
 	require.Equal(t, at(3*time.Second+301*time.Millisecond), recheck)
 
+	// Learning that never ends holds discovery back for maxDiscoveryHold
+	// at most, and not again until the router falls quiet.
+	var busy discoveryPace
+	allow, recheck = busy.allowance(at(0), 500, true, 8)
+	require.Equal(t, minConnsBeforeQuiet, allow)
+	require.Equal(t, at(500*time.Millisecond), recheck)
+	for ts := time.Second; ts < maxDiscoveryHold; ts += time.Second {
+		allow, _ = busy.allowance(at(ts), 500, true, 8)
+		require.Equal(t, minConnsBeforeQuiet, allow)
+	}
+	allow, recheck = busy.allowance(at(maxDiscoveryHold-time.Second/2), 1000, true, 8)
+	require.Equal(t, minConnsBeforeQuiet, allow)
+	require.Equal(t, at(maxDiscoveryHold), recheck, "the hold ends before the quiet period")
+	for ts := maxDiscoveryHold; ts < 2*maxDiscoveryHold; ts += time.Second {
+		allow, _ = busy.allowance(at(ts), 500, true, 8)
+		require.Equal(t, 8, allow)
+	}
+	allow, _ = busy.allowance(at(2*maxDiscoveryHold+time.Second), 500, false, 8)
+	require.Equal(t, 8, allow, "quiet")
+	allow, _ = busy.allowance(at(2*maxDiscoveryHold+2*time.Second), 501, false, 8)
+	require.Equal(t, minConnsBeforeQuiet, allow, "held back again")
+
 	// A limit at or below two connections is never held back.
 	var small discoveryPace
 	allow, recheck = small.allowance(at(0), 50, true, 1)
