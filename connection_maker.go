@@ -618,28 +618,29 @@ func (cm *ConnectionMaker) topologyChanged() {
 		connected[name] = true
 	}
 	r.mu.RUnlock()
-	view := r.Peers.view()
-	now := time.Now()
 	limit := cm.discoveryLimit()
 	if len(connected) >= limit {
 		// Nothing would be dialled: spare the scan of the topology.
 		cm.pace.known = r.Peers.count()
 		return
 	}
+	now := time.Now()
 	allowance, recheck := cm.pace.allowance(now, r.Peers.count(), r.learning(), limit)
 	cm.mu.Lock()
 	raised := allowance > cm.allowance
+	sooner := !recheck.IsZero() && (cm.recheck.IsZero() || recheck.Before(cm.recheck))
 	cm.allowance, cm.recheck = allowance, recheck
 	cm.mu.Unlock()
-	if raised || !recheck.IsZero() {
+	if raised || sooner {
 		// Targets chosen before may be dialled now; or run must ask for
-		// a pass when discovery may stop holding back.
+		// a pass sooner than it would.
 		cm.signal()
 	}
 	need := allowance - len(connected)
 	if need <= 0 {
 		return
 	}
+	view := r.Peers.view()
 	ourAddr := ""
 	if a := r.ListenAddr(); a != nil {
 		ourAddr = a.String()
