@@ -38,6 +38,11 @@ type Config struct {
 	ProtocolMinVersion byte
 	// PeerDiscovery makes the router connect to the peers it learns of
 	// through the topology, until it has DiscoveryDegree connections.
+	// Beyond two connections it dials only once it has stopped learning
+	// new peers for a moment (up to a second in a large mesh, and never
+	// more than 30 s in a row), so that a mesh forming all at once learns
+	// who is in it before every connection made adds to what every peer
+	// must learn.
 	PeerDiscovery bool
 	// DiscoveryDegree is how many connections discovery aims for: the
 	// router dials discovered peers while it has fewer (and never more
