@@ -387,14 +387,15 @@ func (cm *ConnectionMaker) run(stop <-chan struct{}) {
 func (cm *ConnectionMaker) recheckDue(now time.Time) time.Time {
 	cm.mu.Lock()
 	at := cm.recheck
-	if !at.IsZero() && !at.After(now) {
+	due := !at.IsZero() && !at.After(now)
+	if due {
 		cm.recheck = time.Time{}
-		at = time.Time{}
-		cm.mu.Unlock()
-		cm.router.topologyChanged()
-		return at
 	}
 	cm.mu.Unlock()
+	if due {
+		cm.router.topologyChanged()
+		return time.Time{}
+	}
 	return at
 }
 

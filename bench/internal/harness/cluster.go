@@ -132,16 +132,13 @@ func waitFormed(c cluster, timeout time.Duration) (time.Duration, bool) {
 	defer deadline.Stop()
 	stop := make(chan struct{})
 	defer close(stop)
-	type seen struct {
-		member int
-		at     time.Duration
-	}
-	complete := make(chan seen, n)
+	// complete gets, for each member, when it was first seen complete.
+	complete := make(chan time.Duration, n)
 	watch := func(i int) {
 		go func() {
 			for {
 				if c.memberComplete(i) {
-					complete <- seen{i, time.Since(origin)}
+					complete <- time.Since(origin)
 					return
 				}
 				select {
@@ -159,8 +156,8 @@ func waitFormed(c cluster, timeout time.Duration) (time.Duration, bool) {
 	var last time.Duration
 	for {
 		select {
-		case s := <-complete:
-			last = max(last, s.at)
+		case at := <-complete:
+			last = max(last, at)
 			if pending--; pending > 0 {
 				continue
 			}
