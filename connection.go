@@ -609,11 +609,19 @@ func (c *LocalConnection) sendBatch(batch *sendBatch, enc *topoEncoder, now time
 			batch.topo = slices.Compact(batch.topo)
 		}
 	}
-	if err == nil && (batch.topoFull || len(batch.topo) > 0 || batch.ownChanged) {
+	if err == nil && (batch.topoFull || len(batch.topo) > 0 || len(batch.relay) > 0 || batch.ownChanged) {
 		c.lastTopo = now
 		var names []PeerName
 		if !batch.topoFull {
 			names = batch.topo
+			if len(batch.relay) > 0 {
+				n := len(names)
+				names = appendUnheard(names, r.Peers, batch.relay, c)
+				if n > 0 && len(names) > n {
+					slices.Sort(names)
+					names = slices.Compact(names)
+				}
+			}
 		}
 		// Our own entry goes whole when asked for (in names, or the full
 		// topology), else as a delta from the version this connection

@@ -315,6 +315,16 @@ func FuzzApplyTopology(f *testing.F) {
 				}
 			}
 		}
+		placeholders := 0
+		topo.ascend(func(p *Peer) bool {
+			if p.isPlaceholder() {
+				placeholders++
+			}
+			return true
+		})
+		if placeholders != topo.placeholders {
+			t.Fatalf("%d placeholders counted, %d in the table", topo.placeholders, placeholders)
+		}
 		byName := make(map[PeerName][]*peerUpdate)
 		for i := range updates {
 			byName[updates[i].Name] = append(byName[updates[i].Name], &updates[i])

@@ -11,11 +11,12 @@ import (
 // Peers is the table of every peer this router knows, with the connections
 // each reports. It is safe for concurrent use.
 //
-// Its read methods never wait for the router: they read a copy-on-write
+// Its read methods seldom wait for the router: they read a copy-on-write
 // snapshot of the table, which they bring up to date when the router is
 // not changing the table at that moment, and otherwise take as it was at
-// the last change they saw, a moment ago. The router's own code reads and
-// changes the table under mu.
+// the last change they saw, if that was less than maxViewAge ago; a
+// snapshot older than that is brought up to date, waiting for the change
+// in progress. The router's own code reads and changes the table under mu.
 type Peers struct {
 	mu   sync.RWMutex
 	topo *topology
@@ -32,17 +33,25 @@ type Peers struct {
 type peersView struct {
 	gen   uint64
 	peers *btree.BTreeG[*Peer]
+	// taken is when the snapshot was taken.
+	taken time.Time
 }
 
+// maxViewAge bounds how out of date a snapshot Peers' read methods use
+// while the router changes the table: a router busy merging updates may
+// change it without a pause for seconds, and a reader must not see the
+// table as it was that long ago.
+const maxViewAge = 50 * time.Millisecond
+
 // view returns a snapshot of the table: the current one when the router
-// is not changing the table, else the last one taken.
+// is not changing the table, else the last one taken if it is recent.
 func (peers *Peers) view() *peersView {
 	v := peers.snap.Load()
 	if v != nil && v.gen == peers.topo.published.Load() {
 		return v
 	}
 	if !peers.mu.TryRLock() {
-		if v != nil {
+		if v != nil && time.Since(v.taken) < maxViewAge {
 			return v
 		}
 		peers.mu.RLock()
@@ -53,7 +62,7 @@ func (peers *Peers) view() *peersView {
 	if v = peers.snap.Load(); v == nil || v.gen != peers.topo.gen {
 		// Clone is lazy: the table and the snapshot share nodes until
 		// the router changes them.
-		v = &peersView{gen: peers.topo.gen, peers: peers.topo.peers.Clone()}
+		v = &peersView{gen: peers.topo.gen, peers: peers.topo.peers.Clone(), taken: time.Now()}
 		peers.snap.Store(v)
 	}
 	return v

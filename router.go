@@ -108,7 +108,7 @@ const (
 	// changes a dozen times while its peer makes its connections: in a
 	// large mesh in turmoil, a relaying peer announces each entry about
 	// once per delay (half a second at a thousand peers) rather than
-	// every version. New peers are announced at once.
+	// every version. The entries of new peers are sent at once.
 	announceDelayPerPeer = 500 * time.Microsecond
 	maxAnnounceDelay     = time.Second
 	// maxRouteGap bounds the spacing of route passes that their measured
@@ -127,7 +127,13 @@ const (
 	digestIntervalPerPeer = 5 * time.Millisecond
 	// gcGrace is how long a peer stays unreachable before it is removed:
 	// long enough for the update that links a newly learnt peer to arrive.
-	gcGrace = time.Second
+	// gcGracePerPeer makes it longer in large meshes, up to maxGCGrace: a
+	// peer whose connections changed is unreachable in our view until the
+	// updates of its new neighbours reach us, which takes seconds in a
+	// thousand peers forming at once (10 s at a thousand peers).
+	gcGrace        = time.Second
+	gcGracePerPeer = 10 * time.Millisecond
+	maxGCGrace     = 15 * time.Second
 )
 
 // Router is a peer of the mesh: it keeps connections to neighbours,
@@ -894,7 +900,7 @@ func (router *Router) topologyLoop() {
 		if changed {
 			router.Routes.fireOnChange()
 		}
-		removed, pending := router.Peers.collect(time.Now().UnixNano(), int64(gcGrace), router.Routes.table.Load())
+		removed, pending := router.Peers.collect(time.Now().UnixNano(), int64(router.gcGrace()), router.Routes.table.Load())
 		router.topologyPassDone(changed, removed)
 		for _, p := range removed {
 			router.logf("Removed unreachable peer %s", p)
@@ -903,7 +909,7 @@ func (router *Router) topologyLoop() {
 			router.topologyChanged()
 		}
 		if pending && !gcArmed {
-			gcTimer.Reset(gcGrace)
+			gcTimer.Reset(router.gcGrace())
 			gcArmed = true
 		}
 		router.ConnectionMaker.topologyChanged()
@@ -1108,9 +1114,10 @@ func (router *Router) mergeUpdates(c *LocalConnection, updates []peerUpdate) {
 	for i, o := range conns {
 		neighbours[i] = o.remoteName
 	}
-	// relay gets, per neighbour (by position in conns), the names to
-	// announce at once, later those of newer versions of entries the
-	// neighbour most likely has.
+	// relay gets, per neighbour (by position in conns), the names of
+	// peers new to us, whose entries to send at once, later those of
+	// newer versions of entries the neighbour most likely has, to
+	// announce.
 	relay, later := sc.relay, sc.later
 	var orders []pullOrder
 	router.Peers.mu.Lock()
@@ -1147,7 +1154,7 @@ func (router *Router) mergeUpdates(c *LocalConnection, updates []peerUpdate) {
 		switch {
 		case o.digests:
 			if len(names) > 0 {
-				o.q.pushAnnounce(names)
+				o.q.pushRelay(names)
 			}
 			if len(newer) > 0 {
 				o.q.pushAnnounceLater(newer)
@@ -1223,6 +1230,11 @@ func (sc *relayScratch) release() {
 		return
 	}
 	relayScratchPool.Put(sc)
+}
+
+// gcGrace is how long a peer stays unreachable before it is removed.
+func (router *Router) gcGrace() time.Duration {
+	return min(max(gcGrace, time.Duration(router.Peers.count())*gcGracePerPeer), maxGCGrace)
 }
 
 // announceDelay is the least time between two announcements of newer

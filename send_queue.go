@@ -47,7 +47,11 @@ type sendQueue struct {
 	// the router's announce delay (see Router.announceDelay), so that a
 	// peer changing faster than that is announced once per delay.
 	announceLater nameSet
-	pull          []digestEntry
+	// relay holds the peers new to us whose entries are to be sent whole
+	// to a mesh peer, but for those it is known to have (see
+	// Router.mergeUpdates).
+	relay nameSet
+	pull  []digestEntry
 	// answers holds the records of pulls to answer: what the remote has
 	// of each entry it asked for.
 	answers []digestEntry
@@ -138,7 +142,7 @@ func (q *sendQueue) setStartWriter(start func()) {
 // emptyLocked reports whether nothing is queued; the caller holds mu.
 func (q *sendQueue) emptyLocked() bool {
 	return len(q.buf) == 0 && !q.topoFull && len(q.topo.names) == 0 && len(q.announce.names) == 0 && len(q.announceLater.names) == 0 &&
-		len(q.pull) == 0 && len(q.answers) == 0 && len(q.syncAnswer) == 0 && !q.ownChanged && !q.digest && !q.sync && !q.beat &&
+		len(q.relay.names) == 0 && len(q.pull) == 0 && len(q.answers) == 0 && len(q.syncAnswer) == 0 && !q.ownChanged && !q.digest && !q.sync && !q.beat &&
 		len(q.order) == 0
 }
 
@@ -214,6 +218,10 @@ func (q *sendQueue) pushOwnChange() { q.setFlag(&q.ownChanged) }
 
 // pushAnnounce asks for the current versions of names to be announced.
 func (q *sendQueue) pushAnnounce(names []PeerName) { q.pushNames(&q.announce, names) }
+
+// pushRelay asks for the current entries of names to be sent whole, but
+// for those the remote is known to have.
+func (q *sendQueue) pushRelay(names []PeerName) { q.pushNames(&q.relay, names) }
 
 // pushAnnounceLater asks for the current versions of names to be
 // announced with the next announcements of newer versions.
@@ -355,6 +363,10 @@ func (b *sendBatch) release(idle bool) {
 		namesPool.put(b.announce)
 		b.announce = nil
 	}
+	if idle || cap(b.relay) > smallBatch {
+		namesPool.put(b.relay)
+		b.relay = nil
+	}
 	if idle || cap(b.pull) > smallBatch {
 		recordsPool.put(b.pull)
 		b.pull = nil
@@ -382,6 +394,7 @@ type sendBatch struct {
 	count      int
 	topoFull   bool
 	topo       []PeerName
+	relay      []PeerName
 	announce   []PeerName
 	later      bool // announce holds announcements of newer versions
 	answers    []digestEntry
@@ -405,6 +418,7 @@ func (q *sendQueue) take(b *sendBatch, withTopology, withLater bool) (hasTopolog
 	b.count, q.count = q.count, 0
 	b.topoFull = false
 	b.topo = b.topo[:0]
+	b.relay = b.relay[:0]
 	b.announce = b.announce[:0]
 	b.later = false
 	b.ownChanged = false
@@ -412,6 +426,7 @@ func (q *sendQueue) take(b *sendBatch, withTopology, withLater bool) (hasTopolog
 		b.topoFull = q.topoFull
 		q.topoFull = false
 		b.topo = q.topo.take(b.topo)
+		b.relay = q.relay.take(b.relay)
 		b.announce = q.announce.take(b.announce)
 		if withLater && len(q.announceLater.names) > 0 {
 			n := len(b.announce)
@@ -425,7 +440,7 @@ func (q *sendQueue) take(b *sendBatch, withTopology, withLater bool) (hasTopolog
 		b.ownChanged, q.ownChanged = q.ownChanged, false
 		b.answers, q.answers = q.answers, nil
 	}
-	hasTopology = q.topoFull || len(q.topo.names) > 0 || len(q.announce.names) > 0 || q.ownChanged || len(q.answers) > 0
+	hasTopology = q.topoFull || len(q.topo.names) > 0 || len(q.relay.names) > 0 || len(q.announce.names) > 0 || q.ownChanged || len(q.answers) > 0
 	hasLater = len(q.announceLater.names) > 0
 	b.pull, q.pull = q.pull, nil
 	b.syncAnswer, q.syncAnswer = q.syncAnswer, nil
@@ -458,7 +473,7 @@ func (q *sendQueue) close() {
 	q.closed = true
 	q.buf = nil
 	q.topo = nameSet{}
-	q.announce, q.announceLater = nameSet{}, nameSet{}
+	q.announce, q.announceLater, q.relay = nameSet{}, nameSet{}, nameSet{}
 	q.answers, q.syncAnswer = nil, nil
 	q.gossip = nil
 	q.order = nil

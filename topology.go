@@ -39,6 +39,8 @@ type topology struct {
 	// placeholders): two tables with the same hash almost surely know the
 	// same peers, whatever the versions of their entries.
 	namesHash uint64
+	// placeholders counts the peers known by name only.
+	placeholders int
 
 	// unreachableSince records when (in the caller's clock, nanoseconds) a
 	// peer was first seen unreachable; gc removes it after a grace period.
@@ -106,8 +108,15 @@ func newTopology(ourself *Peer, limits topologyLimits) *topology {
 
 // put adds or replaces a peer's entry.
 func (t *topology) put(p *Peer) {
-	if old := t.byName[p.Name]; (old != nil && !old.isPlaceholder()) != !p.isPlaceholder() {
+	old := t.byName[p.Name]
+	if (old != nil && !old.isPlaceholder()) != !p.isPlaceholder() {
 		t.namesHash ^= nameHash(p.Name)
+	}
+	if old != nil && old.isPlaceholder() {
+		t.placeholders--
+	}
+	if p.isPlaceholder() {
+		t.placeholders++
 	}
 	t.peers.ReplaceOrInsert(p)
 	t.byName[p.Name] = p
@@ -119,8 +128,12 @@ func (t *topology) put(p *Peer) {
 
 // remove deletes a peer's entry.
 func (t *topology) remove(p *Peer) {
-	if old := t.byName[p.Name]; old != nil && !old.isPlaceholder() {
-		t.namesHash ^= nameHash(p.Name)
+	if old := t.byName[p.Name]; old != nil {
+		if old.isPlaceholder() {
+			t.placeholders--
+		} else {
+			t.namesHash ^= nameHash(p.Name)
+		}
 	}
 	t.peers.Delete(p)
 	delete(t.byName, p.Name)
@@ -488,6 +501,10 @@ func (t *topology) ourSlot() int32 { return t.graph.slots[t.ourName] }
 // peer that was never reachable is kept.
 const unlinkedGraceFactor = 30
 
+// maxUnlinkedGrace bounds the grace of a peer that was never reachable,
+// where the grace period is long.
+const maxUnlinkedGrace int64 = 30e9 // 30 s, in nanoseconds as gc takes times
+
 // gc removes the peers that have been unreachable for at least grace
 // (times in nanoseconds of the caller's clock) and returns them. A peer
 // that becomes reachable again before that is kept. A peer that was never
@@ -537,7 +554,7 @@ func (t *topology) gcWith(now, grace int64, reach []int32) []*Peer {
 		wasLinked := g.linked[g.slots[p.Name]]
 		limit := grace
 		if !wasLinked {
-			limit = unlinkedGraceFactor * grace
+			limit = max(grace, min(unlinkedGraceFactor*grace, maxUnlinkedGrace))
 		}
 		if now-since >= limit {
 			t.remove(p)

@@ -148,6 +148,20 @@ func (e *topoEncoder) announce(peers *Peers, names []PeerName, to *LocalConnecti
 	return e.digestRecords(e.records)
 }
 
+// appendUnheard appends to out the names of the entries we have that
+// neighbour to is not known to have in their current versions.
+func appendUnheard(out []PeerName, peers *Peers, names []PeerName, to *LocalConnection) []PeerName {
+	peers.mu.RLock()
+	bit := to.heardBit
+	for _, n := range names {
+		if p := peers.topo.get(n); p != nil && !p.isPlaceholder() && !peers.topo.heard.has(p.Name, p.UID, p.Version, bit) {
+			out = append(out, n)
+		}
+	}
+	peers.mu.RUnlock()
+	return out
+}
+
 // digestRecords encodes records as messages of at most maxDigestRecords.
 func (e *topoEncoder) digestRecords(records []digestEntry) [][]byte {
 	e.startBuffer()

@@ -176,3 +176,46 @@ func TestHeardSetIsBounded(t *testing.T) {
 	top = newTopology(&Peer{Name: 1, UID: 1}, topologyLimits{MaxPeers: 50})
 	require.Equal(t, 50, top.heard.limit)
 }
+
+// A relaying peer sends the entries of peers new to it whole to its other
+// mesh neighbours, but for those known to have them, and announces newer
+// versions of entries.
+func TestRelaySendsNewPeersWhole(t *testing.T) {
+	r := newTestRouter(t)
+	conns := make(map[int]*LocalConnection)
+	r.mu.Lock()
+	for _, i := range []int{2, 3, 4} {
+		r.Peers.mu.Lock()
+		bit := r.Peers.topo.heard.acquire()
+		r.Peers.mu.Unlock()
+		c := &LocalConnection{router: r, remoteName: testPeerName(i), q: newSendQueue(1 << 20), digests: true, heardBit: bit}
+		conns[i] = c
+		r.conns[c.remoteName] = c
+	}
+	r.connsChanged()
+	r.mu.Unlock()
+	r.Peers.mu.Lock()
+	r.Peers.topo.heard.note(testPeerName(5), 55, 1, conns[4].heardBit)
+	r.Peers.mu.Unlock()
+
+	r.mergeUpdates(conns[2], []peerUpdate{update(5, 55, 1, conn(2, true))})
+	taken := func(c *LocalConnection) sendBatch {
+		var b sendBatch
+		c.q.take(&b, true, true)
+		return b
+	}
+	b := taken(conns[2])
+	require.Empty(t, b.relay, "not sent back to the neighbour it came from")
+	b = taken(conns[3])
+	require.Equal(t, []PeerName{testPeerName(5)}, b.relay)
+	require.Empty(t, b.announce)
+	require.Equal(t, []PeerName{testPeerName(5)}, appendUnheard(nil, r.Peers, b.relay, conns[3]))
+	b = taken(conns[4])
+	require.Empty(t, appendUnheard(nil, r.Peers, b.relay, conns[4]), "the neighbour is known to have it")
+
+	r.mergeUpdates(conns[2], []peerUpdate{update(5, 55, 2, conn(2, true))})
+	b = taken(conns[3])
+	require.Empty(t, b.relay, "a newer version is announced")
+	require.Equal(t, []PeerName{testPeerName(5)}, b.announce)
+	require.True(t, b.later)
+}

@@ -19,9 +19,12 @@ import (
 // pullChannel, unless it already asked a neighbour for that entry less
 // than pullTimeout ago (see pullsInFlight); the announcer answers with the
 // entry on the ordinary topology channel. Each peer thus receives each
-// entry about once, plus d small records. A relaying peer announces peers
-// new to it at once, and newer versions of entries it had at most once per
-// announce delay (see Router.announceDelay). A peer's own changes go to
+// entry about once, plus d small records. A relaying peer announces newer
+// versions of entries it had at most once per announce delay (see
+// Router.announceDelay); but the entries of peers new to it it sends
+// whole, at once, to the neighbours not known to have them: they are what
+// makes a peer known, and sent whole they take one message per hop rather
+// than three (announcement, pull, answer). A peer's own changes go to
 // its neighbours as deltas (topology_delta.go); neighbours that are weave
 // peers get every entry whole, as weave expects.
 
@@ -121,6 +124,9 @@ type pullsInFlight struct {
 	// keeps its size once grown, so an empty one is dropped if it grew
 	// past keepPulls, and kept otherwise rather than grown again.
 	peak int
+	// unknown counts the requests for entries we had none of when we
+	// asked, and have received none of since.
+	unknown int
 }
 
 // keepPulls is the largest number of requests whose map is kept when it
@@ -133,6 +139,9 @@ type pullRequest struct {
 	at      int64
 	// from is the neighbour asked.
 	from PeerName
+	// unknown is set when we have no entry of the peer (or only a
+	// placeholder).
+	unknown bool
 	// later is a version announced after the request went out, by
 	// laterFrom; its UID is 0 when there is none.
 	later     digestEntry
@@ -175,7 +184,7 @@ func (p *pullsInFlight) appendClaimed(out []digestEntry, cands []pullCandidate, 
 				// the answer is in.
 				if r.later.UID == 0 || newerRecord(a, r.later.UID, r.later.Version) {
 					r.later, r.laterFrom = a, from
-					p.m[a.Name] = r
+					p.set(a.Name, r)
 				}
 				continue
 			}
@@ -187,9 +196,10 @@ func (p *pullsInFlight) appendClaimed(out []digestEntry, cands []pullCandidate, 
 			p.expire(now, timeout)
 			if len(p.m) >= maxPullsInFlight {
 				clear(p.m)
+				p.unknown = 0
 			}
 		}
-		p.m[a.Name] = pullRequest{uid: a.UID, version: a.Version, at: now, from: from}
+		p.set(a.Name, pullRequest{uid: a.UID, version: a.Version, at: now, from: from, unknown: c.have.UID == 0})
 		p.peak = max(p.peak, len(p.m))
 		out = append(out, c.have)
 	}
@@ -206,11 +216,20 @@ func newerRecord(a digestEntry, uid PeerUID, version uint64) bool {
 // returns the request for it, recorded as asked at now.
 func (p *pullsInFlight) received(peer *Peer, now int64) (pullOrder, bool) {
 	r, ok := p.m[peer.Name]
-	if !ok || newerRecord(digestEntry{UID: r.uid, Version: r.version}, peer.UID, peer.Version) {
+	if !ok {
+		return pullOrder{}, false
+	}
+	if newerRecord(digestEntry{UID: r.uid, Version: r.version}, peer.UID, peer.Version) {
+		if r.unknown && !peer.isPlaceholder() {
+			// Still waited for, but no longer the entry of an unknown
+			// peer.
+			r.unknown = false
+			p.set(peer.Name, r)
+		}
 		return pullOrder{}, false
 	}
 	if r.later.UID != 0 && newerRecord(r.later, peer.UID, peer.Version) {
-		p.m[peer.Name] = r.laterRequest(now)
+		p.set(peer.Name, r.laterRequest(now))
 		return pullOrder{to: r.laterFrom, have: digestEntry{Name: peer.Name, UID: peer.UID, Version: peer.Version}}, true
 	}
 	p.forget(peer.Name)
@@ -219,8 +238,29 @@ func (p *pullsInFlight) received(peer *Peer, now int64) (pullOrder, bool) {
 
 // forget drops the request for name.
 func (p *pullsInFlight) forget(name PeerName) {
-	delete(p.m, name)
+	p.del(name)
 	p.dropIfEmpty()
+}
+
+// set records r as the request for name.
+func (p *pullsInFlight) set(name PeerName, r pullRequest) {
+	if old, ok := p.m[name]; ok && old.unknown {
+		p.unknown--
+	}
+	if r.unknown {
+		p.unknown++
+	}
+	p.m[name] = r
+}
+
+// del drops the request for name.
+func (p *pullsInFlight) del(name PeerName) {
+	if old, ok := p.m[name]; ok {
+		if old.unknown {
+			p.unknown--
+		}
+		delete(p.m, name)
+	}
 }
 
 // dropIdle drops the map when empty, whatever its size. It is called once
@@ -276,11 +316,11 @@ func (p *pullsInFlight) release(now int64, done func(pullRequest) bool, have fun
 		}
 		n++
 		if orders != nil && r.later.UID != 0 && r.laterFrom != r.from {
-			p.m[name] = r.laterRequest(now)
+			p.set(name, r.laterRequest(now))
 			*orders = append(*orders, pullOrder{to: r.laterFrom, have: have(name)})
 			continue
 		}
-		delete(p.m, name)
+		p.del(name)
 	}
 	p.dropIfEmpty()
 	return n
@@ -400,19 +440,11 @@ func (router *Router) learning() bool {
 }
 
 // learning reports whether the topology holds a placeholder, or pulls
-// awaits the entry of a peer the topology has none of, or a placeholder.
+// awaits the entry of a peer the topology had none of, or a placeholder,
+// when it was asked for. It costs no scan: discovery asks after every
+// burst of changes.
 func (t *topology) learning(pulls *pullsInFlight) bool {
-	for name := range pulls.m {
-		if p := t.get(name); p == nil || p.isPlaceholder() {
-			return true
-		}
-	}
-	found := false
-	t.peers.Ascend(func(p *Peer) bool {
-		found = p.isPlaceholder()
-		return !found
-	})
-	return found
+	return t.placeholders > 0 || pulls.unknown > 0
 }
 
 // pullTimeout is how long an entry asked of a neighbour is waited for.

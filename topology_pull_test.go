@@ -286,4 +286,27 @@ func TestTopologyLearning(t *testing.T) {
 	require.True(t, tp.learning(&pulls), "a peer known by name only")
 	tp.apply([]peerUpdate{update(2, 22, 1, conn(1, true))})
 	require.False(t, tp.learning(&pulls))
+
+	// An unknown peer's entry asked for, then received older than asked:
+	// still awaited, but the peer is known.
+	pulls.claim([]pullCandidate{{announced: rec(4, 44, 2), have: digestEntry{Name: testPeerName(4)}}}, testPeerName(1), 0, 100)
+	require.True(t, tp.learning(&pulls))
+	tp.apply([]peerUpdate{update(4, 44, 1, conn(1, true))})
+	_, again := pulls.received(tp.get(testPeerName(4)), 1)
+	require.False(t, again)
+	require.Contains(t, pulls.m, testPeerName(4), "the version asked for is still awaited")
+	require.False(t, tp.learning(&pulls))
+
+	// Requests released with their neighbour no longer count.
+	pulls.claim([]pullCandidate{{announced: rec(5, 55, 1), have: digestEntry{Name: testPeerName(5)}}}, testPeerName(2), 0, 100)
+	require.True(t, tp.learning(&pulls))
+	pulls.neighbourGone(testPeerName(2), 1, tp.record, nil)
+	require.False(t, tp.learning(&pulls))
+
+	// A placeholder removed no longer counts.
+	tp.apply([]peerUpdate{update(1, 11, 6, conn(0, true), conn(6, true))})
+	require.True(t, tp.learning(&pulls))
+	tp.remove(tp.get(testPeerName(6)))
+	require.False(t, tp.learning(&pulls))
+	require.Zero(t, tp.placeholders)
 }

@@ -223,6 +223,45 @@ func TestTopologyUnlinkedPeerKeptLonger(t *testing.T) {
 	require.Equal(t, []PeerName{testPeerName(5)}, res.changed)
 }
 
+// With a long grace period, a peer never linked is still kept
+// maxUnlinkedGrace, no longer.
+func TestTopologyUnlinkedGraceIsBounded(t *testing.T) {
+	tp := newTestTopology(0)
+	tp.setOurConnections([]connectionSummary{conn(1, true)})
+	tp.apply([]peerUpdate{update(1, 11, 1, conn(0, true)), update(5, 55, 4, conn(4, true))})
+	const grace = int64(10e9)
+	require.Empty(t, tp.gc(0, grace))
+	require.Empty(t, tp.gc(maxUnlinkedGrace-1, grace))
+	require.Len(t, tp.gc(maxUnlinkedGrace, grace), 2)
+
+	// A grace longer than the bound applies whole.
+	tp.apply([]peerUpdate{update(6, 66, 1, conn(7, true))})
+	require.Empty(t, tp.gc(0, 2*maxUnlinkedGrace))
+	require.Empty(t, tp.gc(2*maxUnlinkedGrace-1, 2*maxUnlinkedGrace))
+	require.Len(t, tp.gc(2*maxUnlinkedGrace, 2*maxUnlinkedGrace), 2)
+}
+
+// The grace period before an unreachable peer is removed grows with the
+// mesh, within bounds.
+func TestGCGraceGrowsWithTheMesh(t *testing.T) {
+	r := newTestRouter(t)
+	require.Equal(t, gcGrace, r.gcGrace())
+	add := func(from, to int) {
+		var updates []peerUpdate
+		for i := from; i < to; i++ {
+			updates = append(updates, update(i, PeerUID(i), 1))
+		}
+		r.Peers.mu.Lock()
+		r.Peers.topo.apply(updates)
+		r.Peers.mu.Unlock()
+	}
+	add(2, 1001)
+	require.Equal(t, 1000, r.Peers.count())
+	require.Equal(t, 1000*gcGracePerPeer, r.gcGrace())
+	add(1001, 3001)
+	require.Equal(t, maxGCGrace, r.gcGrace())
+}
+
 // TestGCWithRoutesMatchesSearch: garbage collection given the routes of
 // the current topology removes exactly what it removes with a search of
 // its own.
