@@ -103,10 +103,9 @@ func (peers *Peers) current(name PeerName) *Peer {
 	return peers.topo.get(name)
 }
 
-// Len returns the number of known peers, this router included.
-func (peers *Peers) Len() int {
-	return peers.view().peers.Len()
-}
+// Len returns the number of known peers, this router included, as it is
+// now: it reads a counter, and never waits for the router.
+func (peers *Peers) Len() int { return peers.count() }
 
 // Names returns the names of all known peers in ascending order.
 func (peers *Peers) Names() []PeerName {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"testing"
+	"time"
 	"unsafe"
 
 	"github.com/stretchr/testify/require"
@@ -371,5 +372,28 @@ func TestStaleViewIsDropped(t *testing.T) {
 	peers.mu.Unlock()
 	peers.dropStaleView()
 	require.Nil(t, peers.snap.Load())
-	require.Equal(t, 2, peers.Len(), "the next view is taken afresh")
+	require.Equal(t, 2, len(peers.Names()), "the next view is taken afresh")
+}
+
+// While the router changes the table, readers use the last snapshot only
+// if it is recent; an older one is brought up to date.
+func TestViewStalenessIsBounded(t *testing.T) {
+	peers := newPeers(&Peer{Name: testPeerName(0), UID: 1}, testLimits)
+	v := peers.view()
+	peers.mu.Lock()
+	peers.topo.apply([]peerUpdate{update(1, 11, 1, conn(0, true))})
+	require.Same(t, v, peers.view(), "a recent snapshot is used while the table is locked")
+	require.Equal(t, 2, peers.Len(), "the count is always current")
+	v.taken = v.taken.Add(-2 * maxViewAge)
+	got := make(chan *peersView)
+	go func() { got <- peers.view() }()
+	select {
+	case <-got:
+		t.Fatal("an old snapshot was used while the table is locked")
+	case <-time.After(20 * time.Millisecond):
+	}
+	peers.mu.Unlock()
+	fresh := <-got
+	require.NotSame(t, v, fresh)
+	require.Equal(t, 2, fresh.peers.Len())
 }

@@ -210,7 +210,7 @@ func (c *meshCluster) memberComplete(i int) bool {
 	n := len(c.routers)
 	// The count first: it is an atomic read, where the peers are read
 	// from a snapshot of the router's table, which may wait for its lock.
-	return c.routers[i].Metrics().Peers >= n && c.known(i) == n
+	return c.routers[i].Peers.Len() >= n && c.known(i) == n
 }
 
 // progress returns, for every router, how many peers it knows.
