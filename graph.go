@@ -43,7 +43,12 @@ type peerGraph struct {
 	refs    []int32  // rows that name it, plus one while present
 	rows    [][]edge // its reported connections, if present
 	linked  []bool   // see topology.linked
-	free    []int32
+	// unreachable marks the present peers gc found unreachable, since
+	// when (in gc's clock); unreachableCount counts them.
+	unreachable      []bool
+	since            []int64
+	unreachableCount int
+	free             []int32
 	// order lists the present slots in name order.
 	order []int32
 	// edges counts the connections of every row.
@@ -87,6 +92,8 @@ func (g *peerGraph) slotOf(name PeerName) int32 {
 		g.refs = append(g.refs, 0)
 		g.rows = append(g.rows, nil)
 		g.linked = append(g.linked, false)
+		g.unreachable = append(g.unreachable, false)
+		g.since = append(g.since, 0)
 	}
 	g.slots[name] = s
 	return s
@@ -103,6 +110,24 @@ func (g *peerGraph) release(s int32) {
 	g.rows[s] = nil
 	g.linked[s] = false
 	g.free = append(g.free, s)
+}
+
+// setUnreachable marks slot s unreachable since now, unless it already
+// is, and returns since when.
+func (g *peerGraph) setUnreachable(s int32, now int64) int64 {
+	if !g.unreachable[s] {
+		g.unreachable[s], g.since[s] = true, now
+		g.unreachableCount++
+	}
+	return g.since[s]
+}
+
+// setReachable clears the mark of setUnreachable.
+func (g *peerGraph) setReachable(s int32) {
+	if g.unreachable[s] {
+		g.unreachable[s] = false
+		g.unreachableCount--
+	}
 }
 
 // orderIndex returns where name is, or would be, in g.order.
@@ -139,6 +164,7 @@ func (g *peerGraph) remove(name PeerName) {
 	g.setRow(s, nil)
 	g.present[s] = false
 	g.linked[s] = false
+	g.setReachable(s)
 	if i, ok := g.orderIndex(name); ok {
 		g.order = slices.Delete(g.order, i, i+1)
 	}

@@ -34,6 +34,13 @@ type topology struct {
 	limits topologyLimits
 
 	// graph holds the entries as a graph, for routes and reachability.
+	// It records too when (in the caller's clock, nanoseconds) a peer was
+	// first seen unreachable, as gc removes it after a grace period, and
+	// the peers gc has seen reachable (linked). A peer learnt from gossip
+	// may stay unlinked for a while in a large mesh, until the updates
+	// that lead to it arrive: it gets a longer grace, and no tombstone
+	// (unless it is a later version of a peer removed after it had been
+	// reachable).
 	graph *peerGraph
 	// namesHash is the XOR of nameHash over the peers with an entry (not
 	// placeholders): two tables with the same hash almost surely know the
@@ -42,14 +49,6 @@ type topology struct {
 	// placeholders counts the peers known by name only.
 	placeholders int
 
-	// unreachableSince records when (in the caller's clock, nanoseconds) a
-	// peer was first seen unreachable; gc removes it after a grace period.
-	// The graph records the peers gc has seen reachable (linked). A peer
-	// learnt from gossip may stay unlinked for a while in a large mesh,
-	// until the updates that lead to it arrive: it gets a longer grace,
-	// and no tombstone (unless it is a later version of a peer removed
-	// after it had been reachable).
-	unreachableSince map[PeerName]int64
 	// tombstones remember the incarnation and version of peers removed as
 	// unreachable, so that stale copies still circulating in other peers'
 	// gossip are not learned again. Bounded: the oldest are forgotten first.
@@ -89,15 +88,14 @@ func peerLess(a, b *Peer) bool { return a.Name < b.Name }
 
 func newTopology(ourself *Peer, limits topologyLimits) *topology {
 	t := &topology{
-		ourName:          ourself.Name,
-		ourUID:           ourself.UID,
-		peers:            btree.NewG(16, peerLess),
-		byName:           make(map[PeerName]*Peer),
-		limits:           limits,
-		graph:            newPeerGraph(),
-		unreachableSince: make(map[PeerName]int64),
-		addrs:            make(map[PeerName]string),
-		tombstones:       make(map[PeerName]tombstone),
+		ourName:    ourself.Name,
+		ourUID:     ourself.UID,
+		peers:      btree.NewG(16, peerLess),
+		byName:     make(map[PeerName]*Peer),
+		limits:     limits,
+		graph:      newPeerGraph(),
+		addrs:      make(map[PeerName]string),
+		tombstones: make(map[PeerName]tombstone),
 		// No more entries than the topology may hold are worth
 		// remembering.
 		heard: heardSet{limit: limits.entryBound()},
@@ -531,45 +529,37 @@ func (t *topology) gcWith(now, grace int64, reach []int32) []*Peer {
 		defer putSlots(hops)
 		hop = *hops
 	}
-	var unreachable []*Peer
+	var doomed []int32
 	for _, s := range g.order {
 		if hop[s] >= 0 {
 			g.linked[s] = true
-		} else {
-			unreachable = append(unreachable, t.get(g.names[s]))
+			g.setReachable(s)
+			continue
 		}
-	}
-	for name := range t.unreachableSince {
-		if s, ok := g.slots[name]; !ok || !g.present[s] || hop[s] >= 0 {
-			delete(t.unreachableSince, name)
-		}
-	}
-	var removed []*Peer
-	for _, p := range unreachable {
-		since, ok := t.unreachableSince[p.Name]
-		if !ok {
-			t.unreachableSince[p.Name] = now
-			since = now
-		}
-		wasLinked := g.linked[g.slots[p.Name]]
+		since := g.setUnreachable(s, now)
 		limit := grace
-		if !wasLinked {
+		if !g.linked[s] {
 			limit = max(grace, min(unlinkedGraceFactor*grace, maxUnlinkedGrace))
 		}
 		if now-since >= limit {
-			t.remove(p)
-			delete(t.unreachableSince, p.Name)
-			if wasLinked && !p.isPlaceholder() {
-				t.addTombstone(p)
-			}
-			removed = append(removed, p)
+			doomed = append(doomed, s)
 		}
+	}
+	var removed []*Peer
+	for _, s := range doomed {
+		p := t.get(g.names[s])
+		wasLinked := g.linked[s]
+		t.remove(p)
+		if wasLinked && !p.isPlaceholder() {
+			t.addTombstone(p)
+		}
+		removed = append(removed, p)
 	}
 	return removed
 }
 
 // pendingGC reports whether some peer is waiting to be removed.
-func (t *topology) pendingGC() bool { return len(t.unreachableSince) > 0 }
+func (t *topology) pendingGC() bool { return t.graph.unreachableCount > 0 }
 
 // updatesFor returns the entries of the named peers (all peers when names
 // is nil), for encoding. Unknown names are skipped.
