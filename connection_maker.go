@@ -402,7 +402,7 @@ func (cm *ConnectionMaker) recheckDue(now time.Time) time.Time {
 // discoveryQuiet is how long discovery waits after the last peer learnt,
 // for a topology of n peers.
 func discoveryQuiet(n int) time.Duration {
-	return min(max(time.Duration(n)*discoveryQuietPerPeer, minDiscoveryQuiet), maxDiscoveryQuiet)
+	return perPeer(n, discoveryQuietPerPeer, minDiscoveryQuiet, maxDiscoveryQuiet)
 }
 
 // launchDue starts a dial for every target that is due, within the

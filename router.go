@@ -1232,15 +1232,21 @@ func (sc *relayScratch) release() {
 	relayScratchPool.Put(sc)
 }
 
+// perPeer returns per times n peers, within lo and hi: the durations that
+// grow with the mesh.
+func perPeer(n int, per, lo, hi time.Duration) time.Duration {
+	return min(max(lo, time.Duration(n)*per), hi)
+}
+
 // gcGrace is how long a peer stays unreachable before it is removed.
 func (router *Router) gcGrace() time.Duration {
-	return min(max(gcGrace, time.Duration(router.Peers.count())*gcGracePerPeer), maxGCGrace)
+	return perPeer(router.Peers.count(), gcGracePerPeer, gcGrace, maxGCGrace)
 }
 
 // announceDelay is the least time between two announcements of newer
 // versions of entries on one connection.
 func (router *Router) announceDelay() time.Duration {
-	return min(max(router.topologyInterval, time.Duration(router.Peers.count())*announceDelayPerPeer), maxAnnounceDelay)
+	return perPeer(router.Peers.count(), announceDelayPerPeer, router.topologyInterval, maxAnnounceDelay)
 }
 
 // ourEntryRaised sends our own entry whole to every neighbour, after we

@@ -138,9 +138,8 @@ func (e *topoEncoder) announce(peers *Peers, names []PeerName, to *LocalConnecti
 	}
 	e.records = e.records[:0]
 	peers.mu.RLock()
-	bit := to.heardBit
 	for _, n := range names {
-		if p := peers.topo.get(n); p != nil && !p.isPlaceholder() && !peers.topo.heard.has(p.Name, p.UID, p.Version, bit) {
+		if p := peers.topo.unheard(n, to.heardBit); p != nil {
 			e.records = append(e.records, digestEntry{Name: p.Name, UID: p.UID, Version: p.Version})
 		}
 	}
@@ -152,14 +151,23 @@ func (e *topoEncoder) announce(peers *Peers, names []PeerName, to *LocalConnecti
 // neighbour to is not known to have in their current versions.
 func appendUnheard(out []PeerName, peers *Peers, names []PeerName, to *LocalConnection) []PeerName {
 	peers.mu.RLock()
-	bit := to.heardBit
 	for _, n := range names {
-		if p := peers.topo.get(n); p != nil && !p.isPlaceholder() && !peers.topo.heard.has(p.Name, p.UID, p.Version, bit) {
+		if peers.topo.unheard(n, to.heardBit) != nil {
 			out = append(out, n)
 		}
 	}
 	peers.mu.RUnlock()
 	return out
+}
+
+// unheard returns the entry of name if we have one (not a placeholder)
+// that the neighbour with heard bit bit is not known to have in this
+// version, else nil.
+func (t *topology) unheard(name PeerName, bit uint64) *Peer {
+	if p := t.get(name); p != nil && !p.isPlaceholder() && !t.heard.has(p.Name, p.UID, p.Version, bit) {
+		return p
+	}
+	return nil
 }
 
 // digestRecords encodes records as messages of at most maxDigestRecords.

@@ -449,7 +449,7 @@ func (t *topology) learning(pulls *pullsInFlight) bool {
 
 // pullTimeout is how long an entry asked of a neighbour is waited for.
 func (router *Router) pullTimeout() time.Duration {
-	return min(max(pullTimeout, time.Duration(router.Peers.count())*pullTimeoutPerPeer), maxPullTimeout)
+	return perPeer(router.Peers.count(), pullTimeoutPerPeer, pullTimeout, maxPullTimeout)
 }
 
 // expirePulls forgets requests that were not answered in time, so that
